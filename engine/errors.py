@@ -27,3 +27,7 @@ class RequestError(SanaStudioError, ValueError):
 
 class OutputError(SanaStudioError):
     """An output path that cannot be written."""
+
+
+class DeviceError(SanaStudioError):
+    """A device that was asked for but is not there (e.g. `cuda` on a machine without CUDA)."""

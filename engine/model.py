@@ -1,0 +1,201 @@
+"""A SANA model on a device: the loaded DiT, DC-AE, text encoder and scheduler config.
+
+`load_model` reads the published diffusers folder layout (and original NVlabs / efficientvit
+weights placed in it), checks every tensor's name and shape against the component's own
+config.json before loading, and never unpickles anything but plain tensors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .checkpoint import (
+    TensorInfo,
+    check_tensors,
+    expected_shapes,
+    find_weight_files,
+    load_original_pth,
+    load_safetensors,
+    read_headers,
+    read_json,
+)
+from .dcae import DCAE, DCAEConfig
+from .devices import companion_dtype, dit_dtype, resolve_device
+from .dit import DiTConfig, LinearDiT
+from .errors import CheckpointError, ConfigError
+from .original_dcae import convert_original_dcae, looks_like_original_dcae
+from .original_dit import convert_original_dit, looks_like_original_dit
+from .solver import SchedulerConfig
+from .text_encoder import TextEncoder
+
+PIPELINE_CLASSES = ("SanaPipeline",)
+COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+LATENT_STRIDE = 32
+
+
+@dataclass
+class SanaModel:
+    name: str
+    path: Path
+    device: torch.device
+    dit: LinearDiT
+    dcae: DCAE
+    text_encoder: TextEncoder
+    scheduler_config: SchedulerConfig
+    checkpoint_dtype: torch.dtype  # the DiT's dtype on disk
+    precision: str = "auto"
+    _dit_files: list[Path] = field(default_factory=list, repr=False)
+
+    @property
+    def dit_config(self) -> DiTConfig:
+        return self.dit.config
+
+    @property
+    def dcae_config(self) -> DCAEConfig:
+        return self.dcae.config
+
+    @property
+    def native_size(self) -> int:
+        return self.dit.config.sample_size * LATENT_STRIDE
+
+    @property
+    def dit_dtype(self) -> torch.dtype:
+        return next(self.dit.parameters()).dtype
+
+    def set_precision(self, precision: str) -> None:
+        """Switch the DiT's dtype for the next generation.
+
+        A cast is exact only between the checkpoint's dtype and fp32; any other switch (fp16 ↔ bf16,
+        or back up from a cast-down fp32 checkpoint) re-reads the DiT from disk so that precision
+        never drifts across switches.
+        """
+        target = dit_dtype(precision, self.device, self.checkpoint_dtype)
+        current = self.dit_dtype
+        if target != current:
+            exact = {self.checkpoint_dtype, torch.float32}
+            if current in exact and target in exact:
+                self.dit.to(target)
+            else:
+                self.dit = _load_dit(self.path / "transformer", self.dit.config, self.device, target)
+        self.precision = precision
+
+
+def load_model(
+    path: str | Path,
+    device: str = "auto",
+    precision: str = "auto",
+    on_progress: Callable[[str], None] | None = None,
+) -> SanaModel:
+    """Load a model folder in the published diffusers layout; raise one clear error if it is not."""
+    report = on_progress or (lambda message: None)
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: model folder does not exist")
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise CheckpointError(f"{root}: not a model folder (model_index.json is missing)")
+    pipeline_class = read_json(index_path).get("_class_name")
+    if pipeline_class not in PIPELINE_CLASSES:
+        raise ConfigError(
+            f"{index_path}: unknown model {pipeline_class!r}; supported: {', '.join(PIPELINE_CLASSES)}"
+        )
+    missing = [name for name in COMPONENTS if not (root / name).is_dir()]
+    if missing:
+        raise CheckpointError(f"{root}: component folder missing: {', '.join(m + '/' for m in missing)}")
+
+    torch_device = resolve_device(device)
+    scheduler_config = SchedulerConfig.from_dict(read_json(root / "scheduler" / "scheduler_config.json"))
+    dit_config = DiTConfig.from_dict(read_json(root / "transformer" / "config.json"))
+    dcae_config = DCAEConfig.from_dict(read_json(root / "vae" / "config.json"))
+
+    report("Loading the transformer")
+    checkpoint_dtype = _checkpoint_dtype(root / "transformer")
+    dit = _load_dit(root / "transformer", dit_config, torch_device,
+                    dit_dtype(precision, torch_device, checkpoint_dtype))
+    report("Loading the autoencoder")
+    dcae = _load_module(
+        "vae", root / "vae", lambda: DCAE(dcae_config), torch_device,
+        companion_dtype(precision, torch_device), looks_like_original_dcae,
+        lambda state: convert_original_dcae(state, dcae_config),
+    )
+    report("Loading the text encoder")
+    text_encoder = _load_text_encoder(root, torch_device, companion_dtype(precision, torch_device))
+    return SanaModel(
+        name=root.name, path=root, device=torch_device, dit=dit, dcae=dcae,
+        text_encoder=text_encoder, scheduler_config=scheduler_config,
+        checkpoint_dtype=checkpoint_dtype, precision=precision,
+    )
+
+
+def _checkpoint_dtype(folder: Path) -> torch.dtype:
+    files = find_weight_files(folder)
+    if files[0].suffix == ".pth":
+        dtypes = Counter(t.dtype for t in load_original_pth(files[0]).values() if t.is_floating_point())
+    else:
+        dtypes = Counter(info.dtype for info in read_headers(files).values() if info.dtype.is_floating_point)
+    return dtypes.most_common(1)[0][0] if dtypes else torch.float32
+
+
+def _load_dit(folder: Path, config: DiTConfig, device: torch.device, dtype: torch.dtype) -> LinearDiT:
+    return _load_module(
+        "transformer", folder, lambda: LinearDiT(config), device, dtype, looks_like_original_dit,
+        lambda state: convert_original_dit(state, config),
+    )
+
+
+def _load_module(
+    component: str,
+    folder: Path,
+    build: Callable[[], nn.Module],
+    device: torch.device,
+    dtype: torch.dtype,
+    is_original: Callable,
+    convert_original: Callable,
+) -> nn.Module:
+    """Build on the meta device, check the files against it, then load the tensors in place."""
+    with torch.device("meta"):
+        module = build()
+    expected = expected_shapes(module)
+    files = find_weight_files(folder)
+    headers = read_headers(files) if files[0].suffix == ".safetensors" else None
+    if headers is not None and not is_original(headers.keys()):
+        check_tensors(component, expected, headers)  # before reading gigabytes of tensors
+        state = load_safetensors(files, device)
+    else:
+        original = load_original_pth(files[0]) if headers is None else load_safetensors(files, torch.device("cpu"))
+        state = convert_original(original)
+        found = {name: TensorInfo(tuple(t.shape), t.dtype, files[0]) for name, t in state.items()}
+        check_tensors(component, expected, found)
+    state = {name: tensor.to(device=device, dtype=dtype) for name, tensor in state.items()}
+    module.load_state_dict(state, strict=True, assign=True)
+    return module.eval().requires_grad_(False)
+
+
+def _load_text_encoder(root: Path, device: torch.device, dtype: torch.dtype) -> TextEncoder:
+    # transformers owns Gemma-2; we check its files against the config first because its own
+    # loader only warns about missing weights and would run with random ones.
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
+
+    folder = root / "text_encoder"
+    config_data = read_json(folder / "config.json")
+    if config_data.get("model_type") != "gemma2":
+        raise ConfigError(
+            f"{folder / 'config.json'}: text encoder model_type {config_data.get('model_type')!r} "
+            f"is not supported; SANA uses 'gemma2'"
+        )
+    config = Gemma2Config.from_dict(config_data)
+    with torch.device("meta"):
+        expected = expected_shapes(Gemma2Model(config))
+    check_tensors("text_encoder", expected, read_headers(find_weight_files(folder)))
+    try:
+        model = Gemma2Model.from_pretrained(folder, dtype=dtype).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    except OSError as error:
+        raise CheckpointError(f"{root}: cannot read the text encoder or tokenizer ({error})") from None
+    return TextEncoder(model.eval().requires_grad_(False), tokenizer)

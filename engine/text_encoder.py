@@ -1,0 +1,114 @@
+"""Prompt → Gemma-2 hidden states and mask, as the SANA DiT was trained to read them.
+
+The prompt is lower-cased, prefixed with the "complex human instruction" (CHI), padded on the
+right to a fixed length and run through Gemma-2's decoder; the DiT then sees the first token and
+the last 299 positions, so the CHI itself is cut away but has shaped every prompt token through
+causal attention. The unconditional prompt is encoded without the CHI. diffusers'
+`SanaPipeline.encode_prompt` is the parity reference.
+
+Loading weights is not done here: the checkpoint loader builds the `Gemma2Model` and tokenizer.
+"""
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from resources import resource_path
+
+CHI_FILE = "complex_human_instruction.txt"
+
+
+def instruction_lines() -> list[str]:
+    """The official CHI lines (NVlabs/Sana configs, `chi_prompt`), one per line of the resource."""
+    # splitlines keeps the trailing space of the last line, "User Prompt: ", which the model saw.
+    return resource_path(CHI_FILE).read_text(encoding="utf-8").splitlines()
+
+
+class TextEncoder:
+    """Turns prompts into the DiT's caption tokens: (embeddings [B, L, hidden], mask [B, L]).
+
+    `model` is a transformers `Gemma2Model` (the decoder, final norm included) and `tokenizer`
+    its tokenizer, which adds BOS. Outputs live on the model's device in the model's dtype; the
+    mask is int64, as the tokenizer gives it. Every prompt is padded to the same fixed length, so
+    encoding prompts one at a time (as PromptCache does) gives what one batch would.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        max_length: int = 300,
+        instruction: Sequence[str] | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.instruction = "\n".join(instruction_lines() if instruction is None else instruction)
+        # With the CHI, sequences are padded to its token count (BOS included) + max_length - 2,
+        # leaving the prompt max_length - 2 positions after it, as diffusers does.
+        self._instruction_tokens = len(tokenizer.encode(self.instruction))
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], with_instruction: bool) -> tuple[Tensor, Tensor]:
+        """(embeddings [B, max_length, hidden], mask [B, max_length]) for B prompts.
+
+        with_instruction: True for the positive prompt, False for the negative/unconditional one.
+        """
+        texts = [p.lower().strip() for p in prompts]
+        if with_instruction:
+            texts = [self.instruction + t for t in texts]
+            length = self._instruction_tokens + self.max_length - 2
+        else:
+            length = self.max_length
+        tokens = self.tokenizer(
+            texts,
+            padding="max_length",
+            padding_side="right",
+            max_length=length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        ids = tokens.input_ids.to(self.model.device)
+        mask = tokens.attention_mask.to(self.model.device)
+        hidden = self.model(ids, attention_mask=mask).last_hidden_state
+        # BOS + the last max_length - 1 positions: drops the CHI (SANA paper §3.1; diffusers parity).
+        keep = [0, *range(length - self.max_length + 1, length)]
+        return hidden[:, keep], mask[:, keep]
+
+
+class PromptCache:
+    """Encoded prompts, least recently used evicted first, so a new seed costs no encoder run.
+
+    Entries belong to one TextEncoder: asking with another one empties the cache first.
+    """
+
+    def __init__(self, max_entries: int = 32):
+        self.max_entries = max_entries
+        self._encoder: TextEncoder | None = None
+        self._entries: OrderedDict[tuple[str, bool], tuple[Tensor, Tensor]] = OrderedDict()
+
+    def get(self, encoder: TextEncoder, prompt: str, with_instruction: bool) -> tuple[Tensor, Tensor]:
+        """(embeddings [1, L, hidden], mask [1, L]) of `prompt`, encoding it only on a miss."""
+        if encoder is not self._encoder:
+            self.clear()
+            self._encoder = encoder
+        key = (prompt, with_instruction)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = encoder.encode([prompt], with_instruction)
+        if self.max_entries > 0:
+            self._entries[key] = value
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._encoder = None
+
+    def __len__(self) -> int:
+        return len(self._entries)

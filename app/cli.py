@@ -88,7 +88,7 @@ def generate(args: argparse.Namespace) -> int:
                            on_progress=lambda message: print(message, file=sys.stderr))
         if args.width is None and args.height is None and model.native_size != 1024:
             request = request.replace(width=model.native_size, height=model.native_size)
-        images = Generator(model).generate(request, on_event=print_progress, cancel=cancel)
+        images = Generator(model, previews=False).generate(request, on_event=print_progress, cancel=cancel)
         written = [save_image(image, path, request, model.name, model_precision(model, request))
                    for image, path in zip(images, outputs)]
     except KeyboardInterrupt:

@@ -8,12 +8,14 @@ config.json before loading, and never unpickles anything but plain tensors.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+from quant import QuantLinear, QuantPointwiseConv, quantize_model, set_int8
 
 from .checkpoint import (
     TensorInfo,
@@ -34,6 +36,8 @@ from .original_dit import convert_original_dit, looks_like_original_dit
 from .solver import SchedulerConfig
 from .text_encoder import TextEncoder
 
+QUANT_LAYERS = (QuantLinear, QuantPointwiseConv)
+
 PIPELINE_CLASSES = ("SanaPipeline",)
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 LATENT_STRIDE = 32
@@ -50,7 +54,6 @@ class SanaModel:
     scheduler_config: SchedulerConfig
     checkpoint_dtype: torch.dtype  # the DiT's dtype on disk
     precision: str = "auto"
-    _dit_files: list[Path] = field(default_factory=list, repr=False)
 
     @property
     def dit_config(self) -> DiTConfig:
@@ -69,11 +72,12 @@ class SanaModel:
         return next(self.dit.parameters()).dtype
 
     def set_precision(self, precision: str) -> None:
-        """Switch the DiT's dtype for the next generation.
+        """Switch the DiT's dtype, or W8A8 on and off, for the next generation.
 
         A cast is exact only between the checkpoint's dtype and fp32; any other switch (fp16 ↔ bf16,
         or back up from a cast-down fp32 checkpoint) re-reads the DiT from disk so that precision
-        never drifts across switches.
+        never drifts across switches. INT8 keeps the float weights beside the int8 copies, so
+        turning it off or on again reads nothing from disk.
         """
         target = dit_dtype(precision, self.device, self.checkpoint_dtype)
         current = self.dit_dtype
@@ -83,6 +87,10 @@ class SanaModel:
                 self.dit.to(target)
             else:
                 self.dit = _load_dit(self.path / "transformer", self.dit.config, self.device, target)
+        if precision == "int8":
+            quantize_model(self.dit)  # once per loaded DiT; a no-op when already done
+        if any(isinstance(m, QUANT_LAYERS) for m in self.dit.modules()):
+            set_int8(self.dit, precision == "int8")
         self.precision = precision
 
 
@@ -126,11 +134,13 @@ def load_model(
     )
     report("Loading the text encoder")
     text_encoder = _load_text_encoder(root, torch_device, companion_dtype(precision, torch_device))
-    return SanaModel(
+    model = SanaModel(
         name=root.name, path=root, device=torch_device, dit=dit, dcae=dcae,
         text_encoder=text_encoder, scheduler_config=scheduler_config,
-        checkpoint_dtype=checkpoint_dtype, precision=precision,
+        checkpoint_dtype=checkpoint_dtype, precision="auto",
     )
+    model.set_precision(precision)
+    return model
 
 
 def _checkpoint_dtype(folder: Path) -> torch.dtype:
@@ -181,6 +191,9 @@ def _load_text_encoder(root: Path, device: torch.device, dtype: torch.dtype) -> 
     # transformers owns Gemma-2; we check its files against the config first because its own
     # loader only warns about missing weights and would run with random ones.
     from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # our caller reports progress its own way
 
     folder = root / "text_encoder"
     config_data = read_json(folder / "config.json")

@@ -1,0 +1,246 @@
+"""Triton kernels for W8A8: the per-token quantizer (with optional fused pre-op) and the int8 GEMM.
+
+Each kernel computes the formula of its reference in `int8.py`, op for op and in the same order,
+and is compiled without FMA contraction (`enable_fp_fusion=False`), so the quantized integers and
+the int32 accumulators match the reference bit for bit. The one exception is the GLU pre-op: its
+SiLU goes through the GPU's exp, which may differ from torch's in the last ulp and so move a value
+that sits on a rounding boundary by one quantization step.
+
+The module imports Triton at import time; `ops.py` imports it only when a CUDA tensor arrives, so
+CPU-only installs never need Triton. Under `TRITON_INTERPRET=1` both kernels run on CPU tensors
+(the tests use that on small shapes).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import int8 as ref
+
+_QMAX = tl.constexpr(float(ref.QMAX))
+_MIN_ABSMAX = tl.constexpr(ref.MIN_ABSMAX)
+_ROUND_MAGIC = tl.constexpr(ref.ROUND_MAGIC)
+
+PRE_NONE, PRE_MODULATE, PRE_GLU = 0, 1, 2
+_INTERPRET = triton.knobs.runtime.interpret
+
+# ---------------------------------------------------------------------------------------------
+# Per-token quantization, optionally fused with the op that produces the activation.
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_pre_op(
+    x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
+    stride_xb, stride_xt, stride_xc, stride_mb,
+    PRE_OP: tl.constexpr,
+):
+    """A [BLOCK_T, BLOCK_C] fp32 tile of the activation after the pre-op; zero outside the tensor."""
+    c_mask = offs_c < C
+    mask = t_mask[:, None] & c_mask[None, :]
+    rows = x_ptr + b * stride_xb + offs_t[:, None] * stride_xt
+    x = tl.load(rows + offs_c[None, :] * stride_xc, mask=mask, other=0.0).to(tl.float32)
+    if PRE_OP == 1:  # PRE_MODULATE: AdaLN, one (shift, scale) row per sample
+        shift = tl.load(shift_ptr + b * stride_mb + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+        scale = tl.load(scale_ptr + b * stride_mb + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+        x = x * (1 + scale[None, :]) + shift[None, :]
+    elif PRE_OP == 2:  # PRE_GLU: the gate is the same token's channel C further on
+        gate = tl.load(rows + (offs_c[None, :] + C) * stride_xc, mask=mask, other=0.0).to(tl.float32)
+        x = x * tl.math.div_rn(gate, 1 + tl.exp(-gate))
+    return x
+
+
+@triton.jit
+def _quantize_tokens_kernel(
+    x_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr,
+    T, C,
+    stride_xb, stride_xt, stride_xc, stride_mb,
+    PRE_OP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Two passes over the row (absmax, then quantize) so any width fits; the second read of a
+    # BLOCK_T × C tile mostly hits L2.
+    pid_t = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_mask = offs_t < T
+
+    absmax = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
+                         stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
+        absmax = tl.maximum(absmax, tl.max(tl.abs(v), axis=1))
+    absmax = tl.maximum(absmax, _MIN_ABSMAX)
+    inv = tl.math.div_rn(tl.full([BLOCK_T], _QMAX, tl.float32), absmax)
+
+    token = b * T + offs_t
+    tl.store(s_ptr + token, tl.math.div_rn(absmax, _QMAX), mask=t_mask)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
+                         stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
+        y = v * inv[:, None]
+        y = (y + _ROUND_MAGIC) - _ROUND_MAGIC
+        q = tl.minimum(tl.maximum(y, -_QMAX), _QMAX).to(tl.int8)
+        mask = t_mask[:, None] & (offs_c < C)[None, :]
+        tl.store(q_ptr + token[:, None] * C + offs_c[None, :], q, mask=mask)
+
+
+def quantize_tokens(
+    x: torch.Tensor,
+    pre_op: int = PRE_NONE,
+    shift: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token int8 of x [B, T, Cin] or [M, Cin] (any strides): (q int8 [M, C], scale fp32 [M, 1]).
+
+    pre_op PRE_MODULATE applies x·(1 + scale) + shift (shift/scale: one C-row per sample, or one for
+    all); PRE_GLU applies x[..., :C]·SiLU(x[..., C:]) with C = Cin/2. M = B·T.
+    """
+    x3 = x if x.dim() == 3 else x.reshape(1, -1, x.shape[-1])
+    if pre_op != PRE_MODULATE and x3.stride(0) == x3.shape[1] * x3.stride(1):
+        x3 = x3.reshape(1, -1, x3.shape[-1])  # one token axis where it is free: the grid's batch axis stops at 65535
+    batch, tokens, c_in = x3.shape
+    channels = c_in // 2 if pre_op == PRE_GLU else c_in
+    if pre_op == PRE_GLU and c_in % 2:
+        raise ValueError(f"GLU needs an even channel count, got {c_in}")
+    stride_mb = 0
+    if pre_op == PRE_MODULATE:
+        shift, scale = shift.reshape(-1, channels).contiguous(), scale.reshape(-1, channels).contiguous()
+        if shift.shape[0] not in (1, batch) or scale.shape != shift.shape:
+            raise ValueError(f"shift/scale {tuple(shift.shape)} do not fit x {tuple(x3.shape)}")
+        stride_mb = channels if shift.shape[0] == batch else 0
+    else:
+        shift = scale = x3  # unused pointers
+
+    q = torch.empty(batch * tokens, channels, dtype=torch.int8, device=x.device)
+    s = torch.empty(batch * tokens, 1, dtype=torch.float32, device=x.device)
+    if x3.stride(1) == 1 and x3.stride(2) != 1:
+        block_t, block_c = 64, 32  # channels-first (NCHW) input: coalesce along tokens
+    else:
+        block_c = min(triton.next_power_of_2(channels), 512)
+        block_t = max(1, 4096 // block_c)
+    grid = (triton.cdiv(tokens, block_t), batch)
+    _quantize_tokens_kernel[grid](
+        x3, shift, scale, q, s,
+        tokens, channels,
+        x3.stride(0), x3.stride(1), x3.stride(2), stride_mb,
+        PRE_OP=pre_op, BLOCK_T=block_t, BLOCK_C=block_c,
+        num_warps=4, enable_fp_fusion=False,
+    )
+    return q, s
+
+
+# ---------------------------------------------------------------------------------------------
+# int8 × int8 → int32 GEMM, dequantized in the epilogue.
+# ---------------------------------------------------------------------------------------------
+
+
+def _gemm_configs() -> list[triton.Config]:
+    if _INTERPRET:
+        # One small tile so that the tests' odd shapes cross block edges in M, N and K.
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4)]
+    # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps). Shared memory per CTA is (BM + BN)·BK·stages
+    # bytes: the first three (131–147 KB) are for A100/H100, the rest fit the ~100 KB of Ada and
+    # consumer Ampere; the autotuner skips any config a device cannot hold.
+    tiles = [
+        (128, 256, 128, 3, 8),
+        (256, 128, 128, 3, 8),
+        (128, 128, 128, 4, 8),
+        (128, 128, 64, 4, 4),
+        (64, 128, 128, 4, 4),
+        (128, 64, 128, 4, 4),
+        (64, 64, 128, 4, 4),
+    ]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=st, num_warps=w)
+        for bm, bn, bk, st, w in tiles
+    ]
+
+
+@triton.autotune(configs=_gemm_configs(), key=["M", "N", "K"])
+@triton.jit
+def _int8_gemm_kernel(
+    a_ptr, w_ptr, c_ptr, a_scale_ptr, w_scale_ptr, bias_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
+    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # Grouped launch order: GROUP_M row-blocks share each weight column-block while it is in L2.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    group_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % group_m
+    pid_n = (pid % group) // group_m
+
+    # Rows/columns past the edge wrap around (their results are never stored), so only K is masked.
+    offs_am = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
+    offs_wn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + offs_am[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
+    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + offs_wn[None, :].to(tl.int64) * stride_wn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0)
+        w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K * stride_wk
+
+    offs_cm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_cn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_mask = (offs_cm < M)[:, None] & (offs_cn < N)[None, :]
+    c_ptrs = c_ptr + offs_cm[:, None].to(tl.int64) * stride_cm + offs_cn[None, :] * stride_cn
+    if EPILOGUE:
+        a_scale = tl.load(a_scale_ptr + offs_cm, mask=offs_cm < M, other=0.0).to(tl.float32)
+        w_scale = tl.load(w_scale_ptr + offs_cn, mask=offs_cn < N, other=0.0).to(tl.float32)
+        out = acc.to(tl.float32) * a_scale[:, None] * w_scale[None, :]
+        if HAS_BIAS:
+            out = out + tl.load(bias_ptr + offs_cn, mask=offs_cn < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=c_mask)
+    else:
+        tl.store(c_ptrs, acc, mask=c_mask)
+
+
+def _launch_gemm(a, w, out, a_scale, w_scale, bias, epilogue: bool) -> torch.Tensor:
+    if a.dtype != torch.int8 or w.dtype != torch.int8:
+        raise TypeError(f"int8 operands expected, got {a.dtype} and {w.dtype}")
+    (m, k), (n, k_w) = a.shape, w.shape
+    if k != k_w:
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, w is {tuple(w.shape)}")
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+    _int8_gemm_kernel[grid](
+        a, w, out, a_scale, w_scale, bias,
+        m, n, k,
+        a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+        EPILOGUE=epilogue, HAS_BIAS=bias is not None,
+        enable_fp_fusion=False,
+    )
+    return out
+
+
+def int8_matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Exact int32 a [M, K] · w [N, K]ᵀ: the GEMM without its epilogue (the tests' exactness check)."""
+    out = torch.empty(a.shape[0], w.shape[0], dtype=torch.int32, device=a.device)
+    return _launch_gemm(a, w, out, a, w, None, epilogue=False)
+
+
+def int8_gemm(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """a [M, K] int8 with a_scale [M, 1], w [N, K] int8 with w_scale [N] → [M, N] in out_dtype."""
+    out = torch.empty(a.shape[0], w.shape[0], dtype=out_dtype, device=a.device)
+    return _launch_gemm(a, w, out, a_scale.contiguous(), w_scale.contiguous(), bias, epilogue=True)

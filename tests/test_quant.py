@@ -1,0 +1,332 @@
+"""W8A8: the reference arithmetic, the layers, the Triton kernels (interpreted on the CPU), the policy.
+
+The Triton checks run in a child process started with TRITON_INTERPRET=1: the variable must be set
+before Triton compiles anything, which this pytest process cannot promise once another test has
+imported Triton. The child is this very file run as a script; it prints its measurements as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import quant
+from quant import int8 as ref
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rel_err(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    ours, reference = ours.double(), reference.double()
+    return ((ours - reference).norm() / reference.norm()).item()
+
+
+def awkward_activations(rows: int = 64, channels: int = 256) -> torch.Tensor:
+    """Gaussian rows, plus the rows that break naive quantizers: all-zero, one huge outlier channel,
+    a whole row 1000× larger, a row of denormal-small values, a constant row."""
+    torch.manual_seed(0)
+    x = torch.randn(rows, channels)
+    x[3] = 0
+    x[5, 17] = 300.0
+    x[7] *= 1000
+    x[9] = torch.randn(channels) * 1e-30
+    x[11] = -2.5
+    return x
+
+
+def assert_within_half_a_step(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor):
+    """|x − q·s| ≤ s/2 per element, plus three fp32 roundings (127/absmax, absmax/127, x·inv) of a
+    value ≤ 127·s; s is [rows, 1]."""
+    assert q.dtype == torch.int8 and q.abs().max() <= 127
+    assert s.dtype == torch.float32 and torch.isfinite(s).all() and (s > 0).all()
+    err = (x.double() - q.double() * s.double()).abs()
+    bound = s.double() * (0.5 + 3 * 127 * 2**-24)
+    assert (err <= bound).all(), f"worst error {(err / s.double()).max():.6f} steps"
+
+
+def test_per_token_quantization_error_is_within_half_a_step_even_for_outlier_and_zero_rows():
+    for x in (awkward_activations(), awkward_activations().half()):
+        q, s = quant.quantize_per_token(x)
+        assert s.shape == (x.shape[0], 1)
+        assert_within_half_a_step(x, q, s)
+        assert (q[3] == 0).all()
+
+
+def test_per_channel_weight_quantization_error_is_within_half_a_step():
+    w = awkward_activations(48, 96)
+    q, s = quant.quantize_per_channel(w)
+    assert q.shape == (48, 96) and s.shape == (48,)
+    assert_within_half_a_step(w, q, s[:, None])
+
+
+def test_int8_matmul_reference_is_exact_on_every_path():
+    torch.manual_seed(0)
+    for m, n, k in ((33, 48, 64), (5, 17, 7)):  # torch._int_mm, then the int64 fallback
+        a = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+        exact = a.long() @ w.long().t()
+        assert torch.equal(quant.int8_matmul_reference(a, w).long(), exact)
+
+
+def _float64_w8a8(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The same quantized arithmetic with the dequantization done in float64."""
+    q, s = quant.quantize_per_token(x)
+    w_q, w_s = quant.quantize_per_channel(weight)
+    out = (q.double() @ w_q.double().t()) * s.double() * w_s.double()
+    return out + bias.double() if bias is not None else out
+
+
+def test_quant_linear_matches_float64_arithmetic_tightly_and_the_float_layer_loosely():
+    torch.manual_seed(0)
+    for bias in (True, False):
+        linear = nn.Linear(96, 80, bias=bias)
+        x = torch.randn(3, 7, 96)
+        layer = quant.QuantLinear.from_float(linear)
+        out = layer(x)
+        assert out.shape == (3, 7, 80) and out.dtype == torch.float32
+        expected = _float64_w8a8(x.reshape(-1, 96), linear.weight, linear.bias).reshape(3, 7, 80)
+        assert rel_err(out, expected) < 1e-6  # only the fp32 epilogue's rounding differs
+        # W8A8 against float: ~0.5% per operand for Gaussian data (half a step of absmax/127).
+        assert rel_err(out, linear(x)) < 2e-2
+        layer.int8 = False
+        assert torch.equal(layer(x), linear(x))
+
+
+def test_gemm_on_a_fused_modulate_quantization_equals_the_layer_on_the_modulated_input():
+    torch.manual_seed(0)
+    layer = quant.QuantLinear.from_float(nn.Linear(32, 24))
+    x, shift, scale = torch.randn(2, 9, 32), torch.randn(2, 32), torch.randn(2, 32)
+    fused = layer.gemm(*quant.quantize_modulated(x, shift, scale))
+    assert torch.equal(fused, layer(ref.modulate(x, shift, scale)).reshape(18, 24))
+
+
+def test_quant_pointwise_conv_matches_float64_arithmetic_for_nchw_and_channels_last_input():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 40, kernel_size=1)
+    layer = quant.QuantPointwiseConv.from_float(conv)
+    x = torch.randn(2, 64, 5, 6)
+    tokens = x.permute(0, 2, 3, 1).reshape(-1, 64)
+    expected = _float64_w8a8(tokens, conv.weight.reshape(40, 64), conv.bias).reshape(2, 5, 6, 40).permute(0, 3, 1, 2)
+    for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+        out = layer(layout)
+        assert out.shape == (2, 40, 5, 6)
+        assert rel_err(out, expected) < 1e-6
+        assert rel_err(out, conv(x)) < 2e-2
+    layer.int8 = False
+    assert torch.equal(layer(x), conv(x))
+
+
+def test_pointwise_conv_refuses_convs_that_are_not_gemms():
+    for conv in (nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1, groups=8), nn.Conv2d(8, 8, 1, stride=2)):
+        with pytest.raises(ValueError, match="1×1"):
+            quant.QuantPointwiseConv.from_float(conv)
+
+
+def test_quantized_layer_keeps_state_dict_keys_refreshes_int8_on_load_and_keeps_scales_fp32():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16))
+    keys = set(model.state_dict())
+    quant.quantize_model(model, quant.QuantPolicy(int8=("0",)))
+    assert set(model.state_dict()) == keys
+    new_weight = torch.randn(16, 32) * 3
+    model.load_state_dict({"0.weight": new_weight, "0.bias": torch.zeros(16)})
+    assert torch.equal(model[0].weight_int8, quant.quantize_per_channel(new_weight)[0])
+    model.half()
+    assert model[0].weight_scale.dtype == torch.float32 and model[0].weight.dtype == torch.float16
+
+
+def test_fused_pre_ops_quantize_the_modulated_and_gated_activation():
+    torch.manual_seed(0)
+    x, shift, scale = torch.randn(2, 9, 32), torch.randn(2, 1, 32), torch.randn(2, 1, 32)
+    q, s = quant.quantize_modulated(x, shift, scale)
+    assert q.shape == (18, 32) and s.shape == (18, 1)
+    assert_within_half_a_step((x * (1 + scale) + shift).reshape(18, 32), q, s)
+    h = torch.randn(2, 9, 64)
+    q, s = quant.quantize_glu(h)
+    assert q.shape == (18, 32) and s.shape == (18, 1)
+    assert_within_half_a_step((h[..., :32] * torch.nn.functional.silu(h[..., 32:])).reshape(18, 32), q, s)
+
+
+# ---- Triton kernels under TRITON_INTERPRET=1 (measured in the child, asserted here) ----
+
+
+def _interpreter_measurements() -> dict:
+    from quant import kernels
+
+    torch.manual_seed(0)
+    results = {}
+
+    def compare(name, got, want):
+        (q, s), (rq, rs) = got, want
+        rq, rs = rq.reshape(q.shape), rs.reshape(s.shape)
+        results[name] = {
+            "q_mismatches": int((q != rq).sum()),
+            "q_max_diff": int((q.int() - rq.int()).abs().max()),
+            "scale_rel_err": rel_err(s, rs),
+            "elements": q.numel(),
+        }
+
+    x = awkward_activations(66, 64).reshape(2, 33, 64)
+    compare("plain", kernels.quantize_tokens(x), ref.quantize_per_token(x))
+    nchw = torch.randn(2, 64, 5, 7)
+    as_tokens = nchw.permute(0, 2, 3, 1).reshape(2, 35, 64)  # strided: channels 35 apart
+    compare("plain_nchw", kernels.quantize_tokens(as_tokens), ref.quantize_per_token(as_tokens))
+    shift, scale = torch.randn(2, 64), torch.randn(2, 1, 64)
+    compare(
+        "modulate",
+        kernels.quantize_tokens(x, kernels.PRE_MODULATE, shift, scale),
+        ref.quantize_modulated_reference(x, shift, scale),
+    )
+    gated = torch.randn(2, 33, 160) * 3
+    compare("glu", kernels.quantize_tokens(gated, kernels.PRE_GLU), ref.quantize_glu_reference(gated))
+
+    gemms = {}
+    for m, n, k in ((33, 48, 64), (33, 48, 80), (70, 20, 100)):  # tiles are 32×32×32
+        a = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+        w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+        a_scale, w_scale, bias = torch.rand(m, 1) / 100, torch.rand(n) / 100, torch.randn(n)
+        acc = ref.int8_matmul_reference(a, w)
+        entry = {"int32_exact": torch.equal(kernels.int8_matmul(a, w), acc)}
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            got = kernels.int8_gemm(a, a_scale, w, w_scale, bias, dtype).float()
+            want = ref.dequantize_epilogue(acc, a_scale, w_scale, bias, dtype).float()
+            entry[str(dtype)] = {
+                "equal": torch.equal(got, want),
+                "max_rel_diff": ((got - want.double()).abs() / want.abs().clamp_min(1e-6)).max().item(),
+            }
+        entry["no_bias_equal"] = torch.equal(
+            kernels.int8_gemm(a, a_scale, w, w_scale, None, torch.float32),
+            ref.dequantize_epilogue(acc, a_scale, w_scale, None, torch.float32),
+        )
+        gemms[f"{m}x{n}x{k}"] = entry
+    results["gemm"] = gemms
+    return results
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    child = subprocess.run(
+        [sys.executable, __file__], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, child.stderr[-4000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["plain", "plain_nchw", "modulate"])
+def test_triton_quantize_kernel_matches_reference_bit_for_bit(interpreted, case):
+    r = interpreted[case]
+    assert r["q_mismatches"] == 0 and r["scale_rel_err"] == 0.0, r
+
+
+def test_triton_glu_quantize_kernel_matches_reference_up_to_exp_rounding(interpreted):
+    # numpy's exp and torch's may differ in the last ulp; that can move a value sitting on a
+    # rounding boundary by one step, and nothing more.
+    r = interpreted["glu"]
+    assert r["q_max_diff"] <= 1 and r["q_mismatches"] <= r["elements"] * 1e-3, r
+    assert r["scale_rel_err"] < 1e-6, r
+
+
+def test_triton_gemm_accumulates_int32_exactly_across_block_edges(interpreted):
+    for shape, r in interpreted["gemm"].items():
+        assert r["int32_exact"], shape
+
+
+def test_triton_gemm_epilogue_matches_reference_dequantization(interpreted):
+    for shape, r in interpreted["gemm"].items():
+        assert r["torch.float32"]["equal"] and r["torch.float16"]["equal"] and r["no_bias_equal"], (shape, r)
+        # The interpreter emulates bf16 rounding crudely (no ties-to-even), hence one bf16 step
+        # (2^-7 relative) rather than equality; on the GPU the cast is a true RNE.
+        assert r["torch.bfloat16"]["max_rel_diff"] <= 2**-7, (shape, r)
+
+
+# ---- The policy on a real (tiny, random) SANA DiT ----
+
+
+def _tiny_sana(num_layers: int = 2) -> nn.Module:
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.SanaTransformer2DModel(
+        in_channels=8,
+        out_channels=8,
+        num_attention_heads=2,
+        attention_head_dim=32,
+        num_layers=num_layers,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=32,
+        cross_attention_dim=64,
+        caption_channels=48,
+        sample_size=8,
+    ).eval()
+
+
+EXPECTED_INT8 = [
+    f"transformer_blocks.{i}.{layer}"
+    for i in range(2)
+    for layer in (
+        "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+        "attn2.to_q", "attn2.to_out.0",
+        "ff.conv_inverted", "ff.conv_point",
+    )
+]
+
+
+@torch.no_grad()
+def test_quantize_model_swaps_exactly_the_policy_layers_and_switches_back_bit_identically():
+    model = _tiny_sana()
+    torch.manual_seed(1)
+    inputs = dict(
+        hidden_states=torch.randn(2, 8, 8, 8),
+        encoder_hidden_states=torch.randn(2, 7, 48),
+        timestep=torch.tensor([500.0, 20.0]),
+    )
+    reference = model(**inputs).sample
+    keys = set(model.state_dict())
+
+    report = quant.quantize_model(model)
+    assert list(report.quantized) == EXPECTED_INT8
+    assert {"proj_out", "transformer_blocks.0.attn2.to_k", "transformer_blocks.0.attn2.to_v",
+            "transformer_blocks.0.ff.conv_depth", "time_embed.linear"} <= set(report.kept)
+    assert set(model.state_dict()) == keys
+
+    int8_out = model(**inputs).sample
+    err = rel_err(int8_out, reference)
+    print(f"W8A8 tiny SANA DiT, relative error to float: {err:.2e}")
+    assert 0 < err < 2e-2
+
+    assert quant.set_int8(model, False) == len(EXPECTED_INT8)
+    assert torch.equal(model(**inputs).sample, reference)
+    quant.set_int8(model, True)
+    assert torch.equal(model(**inputs).sample, int8_out)
+
+    assert list(quant.dequantize_model(model)) == EXPECTED_INT8
+    assert not any(isinstance(m, (quant.QuantLinear, quant.QuantPointwiseConv)) for m in model.modules())
+    assert torch.equal(model(**inputs).sample, reference)
+
+
+def test_policy_keep_overrides_int8_and_mistakes_fail_loudly():
+    model = _tiny_sana()
+    policy = quant.QuantPolicy(int8=quant.DEFAULT_POLICY.int8, keep=(r"transformer_blocks\.0\..*",))
+    report = quant.quantize_model(model, policy)
+    assert list(report.quantized) == EXPECTED_INT8[8:]
+
+    with pytest.raises(TypeError, match="attn1"):
+        quant.quantize_model(_tiny_sana(), quant.QuantPolicy(int8=(r"transformer_blocks\.0\.attn1",)))
+    with pytest.raises(ValueError, match="names no layer"):
+        quant.quantize_model(_tiny_sana(), quant.QuantPolicy(int8=(r"blocks\.\d+\.qkv",)))
+    with pytest.raises(ValueError, match="quantize_model first"):
+        quant.set_int8(_tiny_sana(), True)
+    with pytest.raises(ValueError, match="regular expression"):
+        quant.QuantPolicy(int8=("to_q(",))
+
+
+if __name__ == "__main__":
+    print(json.dumps(_interpreter_measurements()))

@@ -130,3 +130,26 @@ def test_cuda_on_a_machine_without_it_is_a_clear_error(tiny_model_dir):
 
     with pytest.raises(DeviceError, match="no usable CUDA GPU"):
         load_model(tiny_model_dir, device="cuda")
+
+
+def test_original_nvlabs_and_efficientvit_weights_load_and_give_the_same_image(model_copy, tiny_model_dir):
+    from engine.generator import Generator
+    from engine.request import GenerationRequest
+    from tests.test_dcae import efficientvit_state_dict
+    from tests.test_dit import original_from_diffusers
+
+    transformer = model_copy / "transformer"
+    state = load_file(transformer / "diffusion_pytorch_model.safetensors")
+    (transformer / "diffusion_pytorch_model.safetensors").unlink()
+    layers = json.loads((transformer / "config.json").read_text())["num_layers"]
+    torch.save({"state_dict": original_from_diffusers(state, layers, qk_norm=False)}, transformer / "Sana_tiny.pth")
+
+    vae = model_copy / "vae"
+    state = load_file(vae / "diffusion_pytorch_model.safetensors")
+    (vae / "diffusion_pytorch_model.safetensors").unlink()
+    save_file(efficientvit_state_dict(state), vae / "model.safetensors")
+
+    request = GenerationRequest("a red circle", width=64, height=64, steps=3, seed=11)
+    original = Generator(load_model(model_copy, device="cpu"), previews=False).generate(request)[0]
+    published = Generator(load_model(tiny_model_dir, device="cpu"), previews=False).generate(request)[0]
+    assert list(original.getdata()) == list(published.getdata())

@@ -1,0 +1,198 @@
+"""AdaLN around each DiT branch, fused: the modulated LayerNorm in front, the gated residual behind.
+
+A SANA block reads its six AdaLN rows as `table[r] + modulation[:, r]` (shift, scale, gate for the
+attention, then for the FFN; `table` is the block's learned [6, D], `modulation` the timestep's
+[B, 6, D]). In eager PyTorch each use is four to six element-wise passes over the [B, N, D]
+activations plus a small add for the rows; here each is one pass, the rows summed on the fly:
+
+- `modulate`:        y = LayerNorm(x)·(1 + scale) + shift           (LayerNorm without affine)
+- `add_modulate`:    x += branch, then y as above from the new x     (cross-attention's residual)
+- `gated_residual`:  x + gate·branch, the branch optionally clamped to ±65504 (self-attention's)
+
+All arithmetic is fp32; values are rounded to the tensor dtype once, when stored.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._launch import use_triton
+
+SHIFT_MSA, SCALE_MSA, GATE_MSA, SHIFT_MLP, SCALE_MLP, GATE_MLP = range(6)  # the table's rows
+FP16_MAX = 65504.0
+_FP16_MAX = tl.constexpr(FP16_MAX)
+
+
+def _row(table: torch.Tensor, modulation: torch.Tensor, row: int) -> torch.Tensor:
+    """One AdaLN row per sample, [B, 1, D], exactly as `SanaBlock` takes it from `.chunk(6, dim=1)`."""
+    return (table + modulation)[:, row : row + 1]
+
+
+def modulate_reference(
+    x: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, shift_row: int, scale_row: int, eps: float
+) -> torch.Tensor:
+    """x [B, N, D] → LayerNorm(x)·(1 + scale) + shift, op for op as `SanaBlock.forward`."""
+    shift, scale = _row(table, modulation, shift_row), _row(table, modulation, scale_row)
+    return F.layer_norm(x, x.shape[-1:], eps=eps) * (1 + scale) + shift
+
+
+def add_modulate_reference(
+    x: torch.Tensor, branch: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor,
+    shift_row: int, scale_row: int, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x += branch (in place), then (x, modulate_reference(x, …))."""
+    x += branch
+    return x, modulate_reference(x, table, modulation, shift_row, scale_row, eps)
+
+
+def gated_residual_reference(
+    x: torch.Tensor, branch: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int,
+    clamp: bool = False,
+) -> torch.Tensor:
+    """x + gate·branch as a new tensor; `clamp` first clips the branch to ±65504, as
+    `LinearSelfAttention` clips its output."""
+    if clamp:
+        branch = branch.clamp(-FP16_MAX, FP16_MAX)
+    return x + _row(table, modulation, gate_row) * branch
+
+
+@triton.jit
+def _ada_row(table_ptr, mod_ptr, sample, row, cols, col_mask, stride_tr, stride_mb, stride_mr):
+    """[BLOCK_M, BLOCK_D] fp32: table[row] + modulation[sample, row] for each tile row's sample."""
+    table = tl.load(table_ptr + row * stride_tr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    mod = tl.load(mod_ptr + sample[:, None] * stride_mb + row * stride_mr + cols[None, :],
+                  mask=col_mask[None, :], other=0.0).to(tl.float32)
+    return table[None, :] + mod
+
+
+@triton.jit
+def _modulate_kernel(
+    x_ptr, branch_ptr, y_ptr, table_ptr, mod_ptr,
+    M, T, D, eps, shift_row, scale_row,
+    stride_tr, stride_mb, stride_mr,
+    HAS_BRANCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    row_mask = rows < M
+    col_mask = cols < D
+    mask = row_mask[:, None] & col_mask[None, :]
+    offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BRANCH:
+        total = (x + tl.load(branch_ptr + offsets, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(x_ptr + offsets, total, mask=mask)
+        x = total.to(tl.float32)  # normalise the stored sum, as the reference does
+
+    mean = tl.sum(x, axis=1) / D
+    centred = tl.where(mask, x - mean[:, None], 0.0)
+    inv_std = tl.math.rsqrt(tl.sum(centred * centred, axis=1) / D + eps)
+    sample = tl.minimum(rows, M - 1) // T
+    shift = _ada_row(table_ptr, mod_ptr, sample, shift_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
+    scale = _ada_row(table_ptr, mod_ptr, sample, scale_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
+    y = centred * inv_std[:, None] * (1 + scale) + shift
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_residual_kernel(
+    x_ptr, branch_ptr, out_ptr, table_ptr, mod_ptr,
+    M, T, D, gate_row,
+    stride_tr, stride_mb, stride_mr,
+    CLAMP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    col_mask = cols < D
+    mask = (rows < M)[:, None] & col_mask[None, :]
+    offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    branch = tl.load(branch_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if CLAMP:
+        branch = tl.minimum(tl.maximum(branch, -_FP16_MAX), _FP16_MAX)
+    sample = tl.minimum(rows, M - 1) // T
+    gate = _ada_row(table_ptr, mod_ptr, sample, gate_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
+    tl.store(out_ptr + offsets, (x + gate * branch).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _ada_strides(x: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor) -> tuple[int, int, int]:
+    batch, _, dim = x.shape
+    if table.shape != (6, dim) or modulation.shape[1:] != (6, dim) or modulation.shape[0] not in (1, batch):
+        raise ValueError(f"table {tuple(table.shape)} / modulation {tuple(modulation.shape)} do not fit x {tuple(x.shape)}")
+    if table.stride(-1) != 1 or modulation.stride(-1) != 1:
+        raise ValueError("table and modulation need unit stride along D")
+    stride_mb = modulation.stride(0) if modulation.shape[0] == batch else 0
+    return table.stride(0), stride_mb, modulation.stride(1)
+
+
+def _row_tile(dim: int) -> tuple[int, int]:
+    block_d = triton.next_power_of_2(dim)
+    return max(1, 4096 // block_d), block_d
+
+
+def modulate(
+    x: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, shift_row: int, scale_row: int, eps: float
+) -> torch.Tensor:
+    """Fused `modulate_reference`: x [B, N, D] → a new contiguous y [B, N, D] in x's dtype."""
+    if not use_triton(x):
+        return modulate_reference(x, table, modulation, shift_row, scale_row, eps)
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    _launch_modulate(x, None, y, table, modulation, shift_row, scale_row, eps)
+    return y
+
+
+def add_modulate(
+    x: torch.Tensor, branch: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor,
+    shift_row: int, scale_row: int, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused `add_modulate_reference`: x (contiguous, updated in place) += branch; returns (x, y)."""
+    if not use_triton(x):
+        return add_modulate_reference(x, branch, table, modulation, shift_row, scale_row, eps)
+    if not x.is_contiguous():
+        raise ValueError("add_modulate updates x in place: it must be contiguous")
+    branch = branch.reshape(x.shape).contiguous()
+    y = torch.empty_like(x)
+    _launch_modulate(x, branch, y, table, modulation, shift_row, scale_row, eps)
+    return x, y
+
+
+def _launch_modulate(x, branch, y, table, modulation, shift_row, scale_row, eps):
+    batch, tokens, dim = x.shape
+    block_m, block_d = _row_tile(dim)
+    rows = batch * tokens
+    _modulate_kernel[(triton.cdiv(rows, block_m),)](
+        x, x if branch is None else branch, y, table, modulation,
+        rows, tokens, dim, eps, shift_row, scale_row, *_ada_strides(x, table, modulation),
+        HAS_BRANCH=branch is not None, BLOCK_M=block_m, BLOCK_D=block_d,
+        num_warps=8 if block_d >= 2048 else 4,
+    )
+
+
+def gated_residual(
+    x: torch.Tensor, branch: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int,
+    clamp: bool = False, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused `gated_residual_reference`, into `out` (may be x itself) or a new contiguous tensor."""
+    if not use_triton(x):
+        result = gated_residual_reference(x, branch, table, modulation, gate_row, clamp)
+        return result if out is None else out.copy_(result)
+    x = x.contiguous()
+    branch = branch.reshape(x.shape).contiguous()
+    if out is None:
+        out = torch.empty_like(x)
+    elif not out.is_contiguous() or out.shape != x.shape:
+        raise ValueError(f"out must be contiguous {tuple(x.shape)}")
+    batch, tokens, dim = x.shape
+    rows = batch * tokens
+    block_d = min(triton.next_power_of_2(dim), 256)
+    block_m = 4096 // block_d
+    _gated_residual_kernel[(triton.cdiv(rows, block_m), triton.cdiv(dim, block_d))](
+        x, branch, out, table, modulation, rows, tokens, dim, gate_row,
+        *_ada_strides(x, table, modulation),
+        CLAMP=clamp, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
+    )
+    return out

@@ -1,0 +1,164 @@
+"""The sampling loop's model call, replayed from CUDA graphs.
+
+One denoising step asks the DiT for a velocity: on [latents, latents] with classifier-free
+guidance (unconditional text first), then uncond + scale·(cond − uncond). The 0.6B DiT at 1024²
+launches ~600 kernels per step, each only microseconds of work, so from Python the step is bound
+by launching (~40 ms on an H100, accelerated or not). On CUDA the runner therefore captures that
+whole call once per (shapes, dtype, guidance on/off) as a CUDA graph, and each step only fills
+the graph's input buffers (latents, text, the timestep as a device tensor, the guidance scale) and
+replays it: 7.3 ms, with no host synchronization. The solver's step stays outside: a few
+element-wise launches whose coefficients change every step, which the replay's queue hides.
+
+On the CPU, or with `graphs=False`, the call runs eagerly, exactly as the plain loop would.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    latents: Tensor  # the static inputs the graph reads …
+    timestep: Tensor
+    text: Tensor
+    mask: Tensor
+    guidance_scale: Tensor
+    velocity: Tensor  # … and the output it writes
+    keep_alive: object  # tensors read by the graph that the model may drop (its position table)
+
+
+class DenoiseRunner:
+    """`velocity(latents, timestep, text, mask, guidance_scale)` for one DiT, graphs cached inside.
+
+    A graph bakes in where every weight lies and which modules are in place. After anything that
+    changes the DiT (a dtype switch, `quantize_model`, `set_int8`, `accelerate_dit`, a load), call
+    `bind(dit)`, which drops the stale graphs; it is cheap to call once per generation.
+    """
+
+    def __init__(self, dit: nn.Module, graphs: bool | None = None, max_graphs: int = 4):
+        self.dit = dit
+        self.max_graphs = max_graphs
+        self._graphs_wanted = graphs
+        self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
+        self._pool = None
+        self._fingerprint = _fingerprint(dit)
+
+    @property
+    def uses_graphs(self) -> bool:
+        if self._graphs_wanted is not None:
+            return self._graphs_wanted
+        return next(self.dit.parameters()).is_cuda
+
+    def bind(self, dit: nn.Module) -> DenoiseRunner:
+        """Point the runner at `dit` as it is now; graphs captured for another state are dropped."""
+        fingerprint = _fingerprint(dit)
+        if dit is not self.dit or fingerprint != self._fingerprint:
+            self.forget()
+            self.dit, self._fingerprint = dit, fingerprint
+        return self
+
+    def forget(self) -> None:
+        """Drop every captured graph and the memory pool they share."""
+        self._graphs.clear()
+        self._pool = None
+
+    @torch.inference_mode()
+    def velocity(
+        self, latents: Tensor, timestep: float, text: Tensor, mask: Tensor, guidance_scale: float | None = None
+    ) -> Tensor:
+        """latents [n, C, h, w] (fp32, the solver's sample), timestep (already × the config's
+        timestep_scale), text [2n or n, L, C_text] in the DiT's dtype and its mask (uncond first),
+        guidance_scale (None: no guidance) → the guided velocity, fp32 [n, C, h, w]."""
+        if not (self.uses_graphs and latents.is_cuda):
+            return self._forward(latents, timestep, text, mask, guidance_scale)
+        guided = guidance_scale is not None
+        key = (tuple(latents.shape), latents.dtype, tuple(text.shape), text.dtype, tuple(mask.shape), mask.dtype,
+               latents.device, guided)
+        captured = self._graphs.get(key)
+        if captured is None:
+            captured = self._capture(key, latents, timestep, text, mask, guidance_scale)
+        else:
+            self._graphs.move_to_end(key)
+        captured.latents.copy_(latents)
+        captured.text.copy_(text)
+        captured.mask.copy_(mask)
+        captured.timestep.fill_(timestep)
+        if guided:
+            captured.guidance_scale.fill_(guidance_scale)
+        captured.graph.replay()
+        return captured.velocity.clone()  # the buffer is overwritten by the next replay
+
+    def _forward(
+        self, latents: Tensor, timestep: float | Tensor, text: Tensor, mask: Tensor,
+        guidance_scale: float | Tensor | None,
+    ) -> Tensor:
+        """The plain loop's model call, op for op (the Generator's own lines)."""
+        guided = guidance_scale is not None
+        dtype = next(self.dit.parameters()).dtype
+        model_input = torch.cat([latents, latents]) if guided else latents
+        if isinstance(timestep, Tensor):
+            t = timestep
+        else:
+            t = torch.full((model_input.shape[0],), timestep, device=latents.device)
+        velocity = self.dit(model_input.to(dtype), t, text, mask).float()
+        if guided:
+            unconditional, conditional = velocity.chunk(2)
+            velocity = unconditional + guidance_scale * (conditional - unconditional)
+        return velocity
+
+    def _capture(self, key, latents, timestep, text, mask, guidance_scale) -> _Captured:
+        guided = guidance_scale is not None
+        batch = latents.shape[0] * (2 if guided else 1)
+        static_latents, static_text, static_mask = latents.clone(), text.clone(), mask.clone()
+        static_t = torch.full((batch,), timestep, device=latents.device)
+        static_scale = torch.full((), guidance_scale if guided else 1.0, device=latents.device)
+
+        def call() -> Tensor:
+            return self._forward(static_latents, static_t, static_text, static_mask,
+                                 static_scale if guided else None)
+
+        # Warm up on a side stream, as PyTorch's graph docs do: Triton compiles, cuBLAS picks its
+        # kernels and the position table is built before capture, not inside it.
+        side = torch.cuda.Stream(device=latents.device)
+        side.wait_stream(torch.cuda.current_stream(latents.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                call()
+        torch.cuda.current_stream(latents.device).wait_stream(side)
+
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            velocity = call()
+        while len(self._graphs) >= self.max_graphs:
+            self._graphs.popitem(last=False)
+        captured = _Captured(graph, static_latents, static_t, static_text, static_mask, static_scale, velocity,
+                             _position_table(self.dit, latents))
+        self._graphs[key] = captured
+        return captured
+
+
+def _fingerprint(dit: nn.Module) -> tuple:
+    """What a captured graph depends on: which modules are in place, their int8 switches, and
+    where each weight and buffer lies."""
+    modules = tuple((id(m), getattr(m, "int8", None)) for m in dit.modules())
+    tensors = tuple((t.data_ptr(), t.dtype) for t in itertools.chain(dit.parameters(), dit.buffers()))
+    return modules + tensors
+
+
+def _position_table(dit: nn.Module, latents: Tensor) -> Tensor | None:
+    """The 2K/4K DiT's cached position table for this size: the graph reads it where it lay at
+    capture, and the model drops it when another size comes, so the graph's entry keeps it alive."""
+    embed = getattr(dit, "patch_embed", None)
+    if embed is None or getattr(embed, "interpolation_scale", None) is None:
+        return None
+    h, w = latents.shape[-2:]
+    return embed.position_embedding(h, w, latents.device, next(dit.parameters()).dtype)

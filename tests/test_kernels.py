@@ -1,0 +1,252 @@
+"""The fused DiT kernels and their twins, on the CPU.
+
+The Triton kernels run in a child process started with TRITON_INTERPRET=1 (the variable must be set
+before Triton compiles anything, which this pytest process cannot promise once another test has
+imported Triton); the child is this very file run as a script and prints its measurements as JSON.
+The twins' wiring is checked in-process: on CPU tensors they run the kernels' references, which
+must reproduce the plain DiT bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.dit import DiTConfig, LinearDiT
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rel_err(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    ours, reference = ours.double(), reference.double()
+    return ((ours - reference).norm() / reference.norm()).item()
+
+
+def tiny_dit(seed: int = 0, **overrides) -> LinearDiT:
+    config = dict(
+        in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=32, cross_attention_dim=64,
+        caption_channels=24, sample_size=4,
+    )
+    config.update(overrides)
+    torch.manual_seed(seed)
+    return LinearDiT(DiTConfig.from_dict(config)).eval()
+
+
+def dit_inputs(batch: int = 2, h: int = 5, w: int = 6, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, 8, h, w, generator=generator)
+    timestep = torch.tensor([999.0, 321.0])[:batch]
+    text = torch.randn(batch, 7, 24, generator=generator)
+    mask = torch.ones(batch, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    return latents, timestep, text, mask
+
+
+# ---- the twins' wiring, in-process (CPU tensors run the references) ----
+
+
+@pytest.mark.parametrize("overrides", [{}, {"interpolation_scale": 1.0}, {"qk_norm": "rms_norm_across_heads"}],
+                         ids=["nope", "position_embedding", "qk_norm"])
+def test_twins_on_cpu_compute_the_plain_dit_bit_for_bit(overrides):
+    from engine.accelerate import FastSanaBlock, swap_in_twins
+
+    plain = tiny_dit(**overrides)
+    fused = copy.deepcopy(plain)
+    report = swap_in_twins(fused)
+    assert report.fused_total == 3 * plain.config.num_layers
+    assert all(isinstance(block, FastSanaBlock) for block in fused.transformer_blocks)
+    with torch.inference_mode():
+        assert torch.equal(fused(*dit_inputs()), plain(*dit_inputs()))
+
+
+def test_twins_hold_the_same_parameters_under_the_same_names():
+    from engine.accelerate import swap_in_twins
+
+    dit = tiny_dit()
+    before = dict(dit.named_parameters())
+    swap_in_twins(dit)
+    after = dict(dit.named_parameters())
+    assert list(after) == list(before)
+    assert all(after[name] is before[name] for name in before)
+
+
+@pytest.mark.parametrize("order", ["quantize_then_accelerate", "accelerate_then_quantize"])
+def test_twins_compose_with_w8a8_swaps_in_either_order(order):
+    from engine.accelerate import swap_in_twins
+    from quant import quantize_model
+
+    plain = tiny_dit()
+    fused = copy.deepcopy(plain)
+    expected_report = quantize_model(plain)
+    if order == "quantize_then_accelerate":
+        report = quantize_model(fused)
+        swap_in_twins(fused)
+    else:
+        swap_in_twins(fused)
+        report = quantize_model(fused)
+    assert report.quantized == expected_report.quantized
+    with torch.inference_mode():
+        assert torch.equal(fused(*dit_inputs()), plain(*dit_inputs()))
+
+
+def test_accelerate_dit_leaves_a_cpu_model_alone_and_says_why():
+    from engine.accelerate import accelerate_dit
+
+    dit = tiny_dit()
+    modules = list(dit.modules())
+    report = accelerate_dit(dit)
+    assert list(dit.modules()) == modules
+    assert report.swapped == () and "cpu" in str(report)
+
+
+def test_swapping_twice_changes_nothing_more():
+    from engine.accelerate import swap_in_twins
+
+    dit = tiny_dit()
+    first = swap_in_twins(dit)
+    modules = list(dit.modules())
+    second = swap_in_twins(dit)
+    assert len(first.swapped) == 6 and second.swapped == () and second.fused_total == 6
+    assert list(dit.modules()) == modules
+
+
+def test_reference_ops_are_the_dit_modules_arithmetic():
+    """The kernels' oracles are the DiT's own math: check each against the module it replaces."""
+    from engine.kernels.glu import conv_glu_reference
+    from engine.kernels.linear_attention import linear_attention_reference
+
+    block = tiny_dit().transformer_blocks[0]
+    x = torch.randn(2, 30, 64)
+    attn = block.attn1
+    with torch.inference_mode():
+        fused = attn.to_out(linear_attention_reference(attn.to_q(x), attn.to_k(x), attn.to_v(x), attn.heads))
+        assert torch.equal(fused.clamp(-65504, 65504), attn(x))
+        nchw = torch.randn(2, 64, 5, 6)
+        ff = block.ff
+        hidden = ff.conv_inverted(nchw)
+        assert torch.equal(ff.conv_point(conv_glu_reference(hidden, ff.conv_depth.weight, ff.conv_depth.bias)), ff(nchw))
+
+
+# ---- Triton kernels under TRITON_INTERPRET=1 (measured in the child, asserted here) ----
+
+
+def _interpreter_measurements() -> dict:
+    from engine.kernels import glu, linear_attention as la, modulate as md
+
+    torch.manual_seed(0)
+    results = {}
+
+    def upcast(*tensors):
+        return [t.float() if isinstance(t, torch.Tensor) else t for t in tensors]
+
+    def record(name, got, want, dtype, extra=None):
+        results[name] = {"rel_err": rel_err(got, want), "finite": bool(torch.isfinite(got).all()),
+                         "dtype_kept": got.dtype == dtype, **(extra or {})}
+
+    for dtype in (torch.float32, torch.float16):
+        tag = str(dtype).removeprefix("torch.")
+        # linear attention: odd N split over slices, one slice, a head dim that is not a power of 2,
+        # and q/k/v as column slices of one fused [B, N, 3·C] projection (token stride 3·C)
+        for case, (heads, head_dim, tokens, splits) in {
+            "split": (3, 32, 37, None), "one_slice": (2, 32, 50, 1), "head_dim_24": (2, 24, 33, 2),
+        }.items():
+            q, k, v = (torch.randn(2, tokens, heads * head_dim).to(dtype) for _ in range(3))
+            q[0, 3] = -1.0  # a query the ReLU zeroes: its output must be 0, not 0/0
+            got = la.linear_attention(q, k, v, heads, splits=splits)
+            record(f"linear_attention/{case}/{tag}", got, la.linear_attention_reference(*upcast(q, k, v), heads),
+                   dtype, {"zero_query_row_is_zero": bool((got[0, 3] == 0).all())})
+        qkv = torch.randn(2, 29, 3 * 64).to(dtype)
+        q, k, v = qkv.split(64, dim=-1)
+        record(f"linear_attention/strided/{tag}", la.linear_attention(q, k, v, 2),
+               la.linear_attention_reference(*upcast(q, k, v), 2), dtype)
+
+        # AdaLN: 37 tokens, so a tile of rows straddles the two samples
+        x = (torch.randn(2, 37, 80) * 3 + 1).to(dtype)
+        branch = torch.randn(2, 37, 80).to(dtype)
+        table, modulation = torch.randn(6, 80).to(dtype), torch.randn(2, 6, 80).to(dtype)
+        record(f"modulate/{tag}", md.modulate(x, table, modulation, 0, 1, 1e-6),
+               md.modulate_reference(*upcast(x, table, modulation), 0, 1, 1e-6), dtype)
+        record(f"modulate/one_modulation_row/{tag}", md.modulate(x, table, modulation[:1], 3, 4, 1e-6),
+               md.modulate_reference(*upcast(x, table, modulation[:1]), 3, 4, 1e-6), dtype)
+        target = x.clone()
+        summed, y = md.add_modulate(target, branch, table, modulation, 3, 4, 1e-6)
+        want_sum, want_y = md.add_modulate_reference(*upcast(x.clone(), branch, table, modulation), 3, 4, 1e-6)
+        record(f"add_modulate/sum/{tag}", summed, want_sum, dtype, {"in_place": summed.data_ptr() == target.data_ptr()})
+        record(f"add_modulate/y/{tag}", y, want_y, dtype)
+        huge = branch * 1e6 if dtype == torch.float32 else branch  # past ±65504 only where fp32 can hold it
+        for clamp in (False, True):
+            record(f"gated_residual/clamp_{clamp}/{tag}", md.gated_residual(x, huge, table, modulation, 2, clamp),
+                   md.gated_residual_reference(*upcast(x, huge, table, modulation), 2, clamp), dtype)
+        target = x.clone()
+        got = md.gated_residual(target, branch, table, modulation, 5, out=target)
+        record(f"gated_residual/in_place/{tag}", got, md.gated_residual_reference(*upcast(x, branch, table, modulation), 5),
+               dtype, {"in_place": got.data_ptr() == target.data_ptr()})
+
+        # Mix-FFN's middle: odd image sizes, NCHW and channels-last input, with and without bias
+        for case, (channels2, h, w, bias, channels_last) in {
+            "nchw_bias": (40, 5, 7, True, False), "channels_last": (24, 9, 4, False, True),
+            "odd_channels": (34, 4, 6, True, True),
+        }.items():
+            hidden = torch.randn(2, channels2, h, w) * 2
+            if channels_last:
+                hidden = hidden.contiguous(memory_format=torch.channels_last)
+            hidden = hidden.to(dtype)
+            weight = torch.randn(channels2, 1, 3, 3).to(dtype)
+            b = torch.randn(channels2).to(dtype) if bias else None
+            got = glu.conv_glu(hidden, weight, b)
+            record(f"conv_glu/{case}/{tag}", got, glu.conv_glu_reference(*upcast(hidden, weight, b)), dtype,
+                   {"channels_last_out": got.is_contiguous(memory_format=torch.channels_last)})
+    return results
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    child = subprocess.run(
+        [sys.executable, __file__], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert child.returncode == 0, child.stderr[-4000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+# fp32: the kernels' fp32 arithmetic in another order than torch's; fp16: the one rounding of the
+# output (~2⁻¹² relative, rms), where eager fp16 rounds at every op.
+TOLERANCE = {"float32": 1e-5, "float16": 1e-3}
+
+
+@pytest.mark.parametrize("kernel", ["linear_attention", "modulate", "add_modulate", "gated_residual", "conv_glu"])
+def test_triton_kernel_matches_its_reference_in_the_interpreter(interpreted, kernel):
+    cases = {name: r for name, r in interpreted.items() if name.split("/")[0] == kernel}
+    assert len(cases) >= 4
+    for name, r in cases.items():
+        assert r["finite"] and r["dtype_kept"], (name, r)
+        assert r["rel_err"] <= TOLERANCE[name.rsplit("/", 1)[1]], (name, r)
+
+
+def test_linear_attention_kernel_gives_zero_for_a_query_the_relu_zeroes(interpreted):
+    rows = [r["zero_query_row_is_zero"] for name, r in interpreted.items() if "zero_query_row_is_zero" in r]
+    assert rows and all(rows)
+
+
+def test_residual_kernels_write_in_place_when_asked(interpreted):
+    flags = [r["in_place"] for r in interpreted.values() if "in_place" in r]
+    assert len(flags) == 4 and all(flags)
+
+
+def test_conv_glu_kernel_writes_channels_last(interpreted):
+    flags = [r["channels_last_out"] for r in interpreted.values() if "channels_last_out" in r]
+    assert len(flags) == 6 and all(flags)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_interpreter_measurements()))

@@ -1,0 +1,187 @@
+"""On a CUDA GPU: the fused kernels, the accelerated DiT and the graph runner, in fp16.
+
+Runs on the device machine (`pytest -m gpu tests/test_kernels_gpu.py`); skipped where there is no
+CUDA. Random weights in the published configurations; every reference is the plain-torch op.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.dit import DiTConfig, LinearDiT
+
+CONFIGS = Path(__file__).resolve().parents[1] / "engine" / "published_configs"
+KERNEL_TOLERANCE = 1e-3  # fp16 kernel vs its reference on fp32-upcast inputs: one output rounding
+DIT_TOLERANCE = 1e-2  # fp16 vs fp16 through 20 blocks: each rounds differently
+GRAPH_TOLERANCE = 1e-3  # the same kernels replayed: in practice identical
+
+pytestmark = pytest.mark.gpu
+
+# (batch, tokens = h·w side², width, linear heads, FFN hidden): 0.6B at 1024², 1.6B at 4096²
+SHAPES = {"600m_1024": (2, 32, 1152, 36, 2880), "1600m_4096": (2, 128, 2240, 70, 5600)}
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours.double() - reference.double()).norm() / reference.double().norm()).item()
+
+
+def poison_allocator(numel: int) -> None:
+    """Leave NaNs where the next allocation of this size will land, so an unwritten output shows."""
+    torch.empty(numel, dtype=torch.float16, device="cuda").fill_(float("nan"))
+
+
+def upcast(*tensors):
+    return [t.float() if isinstance(t, torch.Tensor) else t for t in tensors]
+
+
+def check(record_property, name, got, want):
+    error = relative_error(got, want)
+    record_property(name, error)
+    print(f"{name}: relative error {error:.2e}")
+    assert torch.isfinite(got).all(), name
+    assert error <= KERNEL_TOLERANCE, (name, error)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
+    from engine.kernels import glu, linear_attention as la, modulate as md
+
+    batch, side, dim, heads, hidden = SHAPES[shape]
+    tokens = side * side
+    generator = torch.Generator("cuda").manual_seed(0)
+
+    def randn(*size, scale=1.0):
+        return (torch.randn(*size, device="cuda", generator=generator) * scale).half()
+
+    q, k, v = randn(batch, tokens, dim), randn(batch, tokens, dim), randn(batch, tokens, dim)
+    poison_allocator(q.numel())
+    check(record_property, "linear_attention", la.linear_attention(q, k, v, heads),
+          la.linear_attention_reference(*upcast(q, k, v), heads))
+
+    x, branch = randn(batch, tokens, dim, scale=3.0), randn(batch, tokens, dim)
+    table, modulation = randn(6, dim, scale=0.1), randn(batch, 6, dim, scale=0.5)
+    poison_allocator(x.numel())
+    check(record_property, "modulate", md.modulate(x, table, modulation, 0, 1, 1e-6),
+          md.modulate_reference(*upcast(x, table, modulation), 0, 1, 1e-6))
+    want_sum, want_y = md.add_modulate_reference(*upcast(x, branch, table, modulation), 3, 4, 1e-6)
+    poison_allocator(x.numel())
+    got_sum, got_y = md.add_modulate(x.clone(), branch, table, modulation, 3, 4, 1e-6)
+    check(record_property, "add_modulate_sum", got_sum, want_sum)
+    check(record_property, "add_modulate_y", got_y, want_y)
+    poison_allocator(x.numel())
+    check(record_property, "gated_residual", md.gated_residual(x, branch, table, modulation, 2, clamp=True),
+          md.gated_residual_reference(*upcast(x, branch, table, modulation), 2, clamp=True))
+
+    expanded = randn(batch, side, side, 2 * hidden, scale=2.0).permute(0, 3, 1, 2)  # channels-last, as a 1×1 conv gives
+    weight, bias = randn(2 * hidden, 1, 3, 3, scale=0.3), randn(2 * hidden, scale=0.1)
+    want = glu.conv_glu_reference(*upcast(expanded, weight, bias))
+    poison_allocator(batch * hidden * tokens)
+    check(record_property, "conv_glu", glu.conv_glu(expanded, weight, bias), want)
+    check(record_property, "conv_glu_exact_silu", glu.conv_glu(expanded, weight, bias, silu=glu.EXACT), want)
+
+
+def build_dit(config_file: str) -> LinearDiT:
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        dit = LinearDiT(DiTConfig.from_dict(json.loads((CONFIGS / config_file).read_text())))
+    return dit.half().eval()
+
+
+def dit_inputs(batch: int, side: int, caption_channels: int = 2304, seed: int = 1):
+    generator = torch.Generator("cuda").manual_seed(seed)
+    latents = torch.randn(batch, 32, side, side, device="cuda", generator=generator)
+    text = torch.randn(batch, 300, caption_channels, device="cuda", generator=generator).half()
+    mask = torch.zeros(batch, 300, dtype=torch.long, device="cuda")
+    mask[0, :40] = 1
+    mask[1:, :300] = 1
+    return latents, text, mask
+
+
+@pytest.mark.parametrize("config_file, image_side", [
+    ("transformer_sana_1600m_1024px.json", 1024),
+    ("transformer_sana_1600m_4kpx_bf16.json", 4096),
+])
+def test_accelerated_dit_matches_the_plain_dit_at_1600m(config_file, image_side, record_property):
+    from engine.accelerate import accelerate_dit
+
+    dit = build_dit(config_file)
+    latents, text, mask = dit_inputs(2, image_side // 32)
+    timestep = torch.tensor([999.0, 420.0], device="cuda")
+    with torch.inference_mode():
+        expected = dit(latents.half(), timestep, text, mask)
+        report = accelerate_dit(dit)
+        got = dit(latents.half(), timestep, text, mask)
+    error = relative_error(got, expected)
+    record_property("relative_error", error)
+    print(f"{config_file} {image_side}²: accelerated vs plain, relative error {error:.2e}; {report}")
+    assert report.fused_total == 3 * dit.config.num_layers
+    assert torch.isfinite(got).all()
+    assert error <= DIT_TOLERANCE
+
+
+def eager_and_graph_velocities(dit, runs):
+    """Each run: (latents, timestep, text, mask, guidance) through the graph runner, then eagerly."""
+    from engine.runner import DenoiseRunner
+
+    runner = DenoiseRunner(dit)
+    eager = DenoiseRunner(dit, graphs=False)
+    pairs = []
+    for latents, timestep, text, mask, guidance in runs:
+        graphed = runner.velocity(latents, timestep, text, mask, guidance)
+        pairs.append((graphed, eager.velocity(latents, timestep, text, mask, guidance)))
+    return runner, pairs
+
+
+def test_graph_runner_gives_the_eager_velocities(record_property):
+    from engine.accelerate import accelerate_dit
+
+    dit = build_dit("transformer_sana_600m_1024px.json")
+    accelerate_dit(dit)
+    latents, text, mask = dit_inputs(2, 32)
+    one, one_text, one_mask = latents[:1], text[1:], mask[1:]
+    runs = [  # new timesteps, latents and guidance each step; the unguided call is a second graph
+        (one, 999.0, text, mask, 4.5), (one * 0.5, 500.0, text, mask, 7.0),
+        (one, 250.0, one_text, one_mask, None), (one.flip(-1), 10.0, text, mask, 4.5),
+    ]
+    runner, pairs = eager_and_graph_velocities(dit, runs)
+    assert len(runner._graphs) == 2
+    for i, (graphed, eager) in enumerate(pairs):
+        error = relative_error(graphed, eager)
+        record_property(f"step_{i}", error)
+        print(f"graph vs eager, call {i}: relative error {error:.2e}, identical: {torch.equal(graphed, eager)}")
+        assert error <= GRAPH_TOLERANCE
+
+
+def test_graph_runner_keeps_the_position_table_of_each_size_alive(record_property):
+    from engine.accelerate import accelerate_dit
+
+    dit = build_dit("transformer_sana_1600m_4kpx_bf16.json")  # 2-D sin-cos table, cached per size
+    accelerate_dit(dit)
+    big, text, mask = dit_inputs(2, 32)
+    small = torch.randn(1, 32, 16, 24, device="cuda")
+    runs = [(big[:1], 700.0, text, mask, 4.5), (small, 700.0, text, mask, 4.5), (big[:1], 300.0, text, mask, 4.5)]
+    _, pairs = eager_and_graph_velocities(dit, runs)
+    for i, (graphed, eager) in enumerate(pairs):
+        error = relative_error(graphed, eager)
+        record_property(f"call_{i}", error)
+        assert error <= GRAPH_TOLERANCE, (i, error)
+
+
+def test_graph_runner_composes_with_w8a8_and_the_fused_twins(record_property):
+    from engine.accelerate import accelerate_dit
+    from quant import quantize_model
+
+    dit = build_dit("transformer_sana_600m_1024px.json")
+    quantize_model(dit)
+    accelerate_dit(dit)
+    latents, text, mask = dit_inputs(2, 32)
+    _, pairs = eager_and_graph_velocities(dit, [(latents[:1], 600.0, text, mask, 4.5)])
+    graphed, eager = pairs[0]
+    error = relative_error(graphed, eager)
+    record_property("relative_error", error)
+    print(f"W8A8 + fused, graph vs eager: relative error {error:.2e}")
+    assert torch.isfinite(graphed).all() and error <= GRAPH_TOLERANCE

@@ -14,6 +14,7 @@ from .devices import dtype_name
 from .model import SanaModel
 from .preview import LatentPreviewer, load_or_fit_previewer, to_pil
 from .request import GenerationRequest
+from .runner import DenoiseRunner
 from .solver import make_solver
 from .text_encoder import PromptCache
 
@@ -33,6 +34,7 @@ class Generator:
         self.previews = previews
         self.prompt_cache = PromptCache()
         self._previewer: LatentPreviewer | None = None
+        self._runner = DenoiseRunner(model.dit)
 
     def generate(
         self,
@@ -59,22 +61,19 @@ class Generator:
 
         text, mask = self._text_batch(request)
         latents = self._initial_noise(request)
-        dit, dtype = model.dit, model.dit_dtype
+        dtype = model.dit_dtype
         text = text.to(dtype)
-        guided = request.uses_guidance
+        guidance = request.guidance_scale if request.uses_guidance else None
         timestep_scale = model.dit_config.timestep_scale
         previewer = self._preview_map() if self.previews else None
+        # the runner replays a CUDA graph per shape; a new DiT object or state drops stale graphs
+        runner = self._runner.bind(model.dit)
 
         for index, (timestep, sigma) in enumerate(zip(solver.timesteps, solver.sigmas)):
             if cancel.is_set():
                 emit(events.Cancelled(index))
                 return []
-            model_input = torch.cat([latents, latents]) if guided else latents
-            t = torch.full((model_input.shape[0],), timestep * timestep_scale, device=model.device)
-            velocity = dit(model_input.to(dtype), t, text, mask).float()
-            if guided:
-                unconditional, conditional = velocity.chunk(2)
-                velocity = unconditional + request.guidance_scale * (conditional - unconditional)
+            velocity = runner.velocity(latents, timestep * timestep_scale, text, mask, guidance)
             preview = previewer(latents[0] - sigma * velocity[0]) if previewer else None  # x0 estimate
             latents = solver.step(velocity, latents)
             emit(events.Step(index + 1, len(solver), preview, time.perf_counter() - start))

@@ -17,6 +17,7 @@ from torch import nn
 
 from quant import QuantLinear, QuantPointwiseConv, quantize_model, set_int8
 
+from .accelerate import accelerate_dit
 from .checkpoint import (
     TensorInfo,
     check_tensors,
@@ -153,10 +154,12 @@ def _checkpoint_dtype(folder: Path) -> torch.dtype:
 
 
 def _load_dit(folder: Path, config: DiTConfig, device: torch.device, dtype: torch.dtype) -> LinearDiT:
-    return _load_module(
+    dit = _load_module(
         "transformer", folder, lambda: LinearDiT(config), device, dtype, looks_like_original_dit,
         lambda state: convert_original_dit(state, config),
     )
+    accelerate_dit(dit)  # fused Triton twins on CUDA, same parameters; nothing changes on the CPU
+    return dit
 
 
 def _load_module(

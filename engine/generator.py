@@ -17,6 +17,7 @@ from .request import GenerationRequest
 from .runner import DenoiseRunner
 from .solver import make_solver
 from .text_encoder import PromptCache
+from .tiling import decode_auto
 
 EventSink = Callable[[events.Event], None]
 
@@ -28,10 +29,13 @@ class Generator:
     folder is read-only.
     """
 
-    def __init__(self, model: SanaModel, cache_dir: Path | None = None, previews: bool = True):
+    def __init__(
+        self, model: SanaModel, cache_dir: Path | None = None, previews: bool = True, tiling: str = "auto"
+    ):
         self.model = model
         self.cache_dir = cache_dir
         self.previews = previews
+        self.tiling = tiling  # DC-AE decode: "auto" tiles only when one pass would not fit
         self.prompt_cache = PromptCache()
         self._previewer: LatentPreviewer | None = None
         self._runner = DenoiseRunner(model.dit)
@@ -96,7 +100,7 @@ class Generator:
         dcae = self.model.dcae
         parameter = next(dcae.parameters())
         scaled = latents.to(parameter.dtype) / dcae.config.scaling_factor
-        return to_pil(dcae.decode(scaled))
+        return to_pil(decode_auto(dcae, scaled, self.tiling))
 
     def _text_batch(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
         """[uncond × n, cond × n] as diffusers' SanaPipeline stacks them; cond × n without guidance."""

@@ -51,7 +51,6 @@ from engine.dcae import DCAE, DCAEConfig
 from engine.dit import DiTConfig, LinearDiT
 from engine.generator import Generator
 from engine.model import SanaModel
-from engine.preview import to_pil
 from engine.request import GenerationRequest
 from engine.solver import SchedulerConfig, make_solver
 from engine.text_encoder import TextEncoder, instruction_lines

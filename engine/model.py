@@ -104,20 +104,7 @@ def load_model(
     """Load a model folder in the published diffusers layout; raise one clear error if it is not."""
     report = on_progress or (lambda message: None)
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: model folder does not exist")
-    index_path = root / "model_index.json"
-    if not index_path.is_file():
-        raise CheckpointError(f"{root}: not a model folder (model_index.json is missing)")
-    pipeline_class = read_json(index_path).get("_class_name")
-    if pipeline_class not in PIPELINE_CLASSES:
-        raise ConfigError(
-            f"{index_path}: unknown model {pipeline_class!r}; supported: {', '.join(PIPELINE_CLASSES)}"
-        )
-    missing = [name for name in COMPONENTS if not (root / name).is_dir()]
-    if missing:
-        raise CheckpointError(f"{root}: component folder missing: {', '.join(m + '/' for m in missing)}")
-
+    check_layout(root)
     torch_device = resolve_device(device)
     scheduler_config = SchedulerConfig.from_dict(read_json(root / "scheduler" / "scheduler_config.json"))
     dit_config = DiTConfig.from_dict(read_json(root / "transformer" / "config.json"))
@@ -142,6 +129,75 @@ def load_model(
     )
     model.set_precision(precision)
     return model
+
+
+def check_layout(root: Path) -> None:
+    """The folder is a SANA pipeline in the diffusers layout, with every component folder."""
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: model folder does not exist")
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise CheckpointError(f"{root}: not a model folder (model_index.json is missing)")
+    pipeline_class = read_json(index_path).get("_class_name")
+    if pipeline_class not in PIPELINE_CLASSES:
+        raise ConfigError(
+            f"{index_path}: unknown model {pipeline_class!r}; supported: {', '.join(PIPELINE_CLASSES)}"
+        )
+    missing = [name for name in COMPONENTS if not (root / name).is_dir()]
+    if missing:
+        raise CheckpointError(f"{root}: component folder missing: {', '.join(m + '/' for m in missing)}")
+
+
+def check_model_folder(path: str | Path) -> None:
+    """Raise CheckpointError/ConfigError unless `path` is a model folder `load_model` can load.
+
+    The same checks `load_model` makes before reading any weights (layout, every config, every
+    tensor's name and shape from the file headers), for a model manager that must not load
+    gigabytes to validate an import or a download.
+    """
+    root = Path(path).expanduser()
+    check_layout(root)
+    SchedulerConfig.from_dict(read_json(root / "scheduler" / "scheduler_config.json"))
+    dit_config = DiTConfig.from_dict(read_json(root / "transformer" / "config.json"))
+    dcae_config = DCAEConfig.from_dict(read_json(root / "vae" / "config.json"))
+    _check_component("transformer", root / "transformer", lambda: LinearDiT(dit_config), looks_like_original_dit,
+                     lambda state: convert_original_dit(state, dit_config))
+    _check_component("vae", root / "vae", lambda: DCAE(dcae_config), looks_like_original_dcae,
+                     lambda state: convert_original_dcae(state, dcae_config))
+    _check_text_encoder(root / "text_encoder")
+    tokenizer = root / "tokenizer"
+    if not any((tokenizer / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        raise CheckpointError(f"{tokenizer}: no tokenizer.json or tokenizer.model")
+
+
+def _check_component(component: str, folder: Path, build: Callable, is_original: Callable, convert: Callable) -> None:
+    with torch.device("meta"):
+        expected = expected_shapes(build())
+    files = find_weight_files(folder)
+    if files[0].suffix == ".pth":
+        found = {name: TensorInfo(tuple(t.shape), t.dtype, files[0]) for name, t in load_original_pth(files[0]).items()}
+    else:
+        found = read_headers(files)
+    if is_original(found.keys()):
+        # Original names are mapped on empty (meta) tensors: the conversion needs only the shapes.
+        meta = {name: torch.empty(info.shape, dtype=info.dtype, device="meta") for name, info in found.items()}
+        found = {name: TensorInfo(tuple(t.shape), t.dtype, files[0]) for name, t in convert(meta).items()}
+    check_tensors(component, expected, found)
+
+
+def _check_text_encoder(folder: Path) -> None:
+    # transformers' own loader only warns about missing weights and would run with random ones.
+    from transformers import Gemma2Config, Gemma2Model
+
+    config_data = read_json(folder / "config.json")
+    if config_data.get("model_type") != "gemma2":
+        raise ConfigError(
+            f"{folder / 'config.json'}: text encoder model_type {config_data.get('model_type')!r} "
+            f"is not supported; SANA uses 'gemma2'"
+        )
+    with torch.device("meta"):
+        expected = expected_shapes(Gemma2Model(Gemma2Config.from_dict(config_data)))
+    check_tensors("text_encoder", expected, read_headers(find_weight_files(folder)))
 
 
 def _checkpoint_dtype(folder: Path) -> torch.dtype:
@@ -191,24 +247,12 @@ def _load_module(
 
 
 def _load_text_encoder(root: Path, device: torch.device, dtype: torch.dtype) -> TextEncoder:
-    # transformers owns Gemma-2; we check its files against the config first because its own
-    # loader only warns about missing weights and would run with random ones.
-    from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
+    from transformers import AutoTokenizer, Gemma2Model
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # our caller reports progress its own way
-
     folder = root / "text_encoder"
-    config_data = read_json(folder / "config.json")
-    if config_data.get("model_type") != "gemma2":
-        raise ConfigError(
-            f"{folder / 'config.json'}: text encoder model_type {config_data.get('model_type')!r} "
-            f"is not supported; SANA uses 'gemma2'"
-        )
-    config = Gemma2Config.from_dict(config_data)
-    with torch.device("meta"):
-        expected = expected_shapes(Gemma2Model(config))
-    check_tensors("text_encoder", expected, read_headers(find_weight_files(folder)))
+    _check_text_encoder(folder)
     try:
         model = Gemma2Model.from_pretrained(folder, dtype=dtype).to(device)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")

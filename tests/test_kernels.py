@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from engine.dit import DiTConfig, LinearDiT
+from tests.triton_interpreter import run_interpreted
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -209,13 +207,7 @@ def _interpreter_measurements() -> dict:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    child = subprocess.run(
-        [sys.executable, __file__], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert child.returncode == 0, child.stderr[-4000:]
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__, timeout=300)
 
 
 # fp32: the kernels' fp32 arithmetic in another order than torch's; fp16: the one rounding of the

@@ -8,9 +8,6 @@ imported Triton. The child is this very file run as a script; it prints its meas
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from torch import nn
 
 import quant
 from quant import int8 as ref
+from tests.triton_interpreter import run_interpreted
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -212,13 +210,7 @@ def _interpreter_measurements() -> dict:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
-    child = subprocess.run(
-        [sys.executable, __file__], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert child.returncode == 0, child.stderr[-4000:]
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return run_interpreted(__file__, timeout=120)
 
 
 @pytest.mark.parametrize("case", ["plain", "plain_nchw", "modulate"])

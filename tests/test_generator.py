@@ -1,0 +1,63 @@
+"""The Generator's contract: events in order, previews every step, cancel between steps, cached prompts."""
+
+import threading
+
+import pytest
+
+from engine import events
+from engine.generator import Generator
+from engine.model import load_model
+from engine.request import GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir):
+    return Generator(load_model(tiny_model_dir, device="cpu"))
+
+
+def test_events_arrive_in_order_with_a_preview_every_step(generator):
+    seen = []
+    images = generator.generate(GenerationRequest("a blue square", width=64, height=96, steps=4), on_event=seen.append)
+    kinds = [type(event).__name__ for event in seen]
+    assert kinds == ["Started"] + ["Step"] * 4 + ["Decoding", "Finished"]
+    assert seen[0].request.seed is not None, "the seed is fixed before the run so it can be saved"
+    steps = seen[1:5]
+    assert [s.index for s in steps] == [1, 2, 3, 4] and all(s.total == 4 for s in steps)
+    assert all(s.preview.size == (64 // 32, 96 // 32) for s in steps)  # one pixel per latent pixel
+    assert [s.elapsed for s in steps] == sorted(s.elapsed for s in steps)
+    assert seen[-1].images == images and seen[-1].metadata["request"]["seed"] == seen[0].request.seed
+
+
+def test_cancel_stops_between_steps_and_returns_nothing(generator):
+    cancel, seen = threading.Event(), []
+
+    def on_event(event):
+        seen.append(event)
+        if isinstance(event, events.Step) and event.index == 2:
+            cancel.set()
+
+    images = generator.generate(GenerationRequest("a cat", width=64, height=64, steps=6), on_event, cancel)
+    assert images == []
+    assert [type(e).__name__ for e in seen] == ["Started", "Step", "Step", "Cancelled"]
+    assert seen[-1].completed_steps == 2
+
+
+def test_a_new_seed_reuses_the_cached_prompt_embeddings(generator, monkeypatch):
+    request = GenerationRequest("a green star on a white background", width=64, height=64, steps=1, seed=1)
+    generator.generate(request)
+    calls = []
+    encoder = generator.model.text_encoder
+    original = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda *a, **k: calls.append(a) or original(*a, **k))
+    generator.generate(request.replace(seed=2))
+    assert calls == []
+    generator.generate(request.replace(prompt="something else"))
+    assert len(calls) == 1
+
+
+def test_an_engine_error_is_reported_then_raised(generator, monkeypatch):
+    seen = []
+    monkeypatch.setattr(generator, "decode", lambda latents: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        generator.generate(GenerationRequest("x", width=64, height=64, steps=1), on_event=seen.append)
+    assert isinstance(seen[-1], events.Failed) and str(seen[-1].error) == "boom"

@@ -20,6 +20,7 @@ class Banner(QFrame):
     """One message at a time; actions are (key, label, enabled, tooltip) and come back as `acted`."""
 
     acted = Signal(str)
+    dismissed = Signal(str)  # the topic of a message the user closed (not one the window cleared)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -44,7 +45,7 @@ class Banner(QFrame):
         layout.addWidget(self.details)
 
         self.details_button.toggled.connect(self.details.setVisible)
-        self.close_button.clicked.connect(self.dismiss)
+        self.close_button.clicked.connect(self._close)
         self.hide()
 
     def show_message(self, text: str, level: str = "error", details: str = "", actions=(), topic: str = "") -> None:
@@ -72,3 +73,8 @@ class Banner(QFrame):
     def dismiss(self) -> None:
         self.level = self.topic = ""
         self.hide()
+
+    def _close(self) -> None:
+        topic = self.topic
+        self.dismiss()
+        self.dismissed.emit(topic)

@@ -6,7 +6,10 @@ import logging
 import sys
 from logging.handlers import RotatingFileHandler
 
+from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication
+
+from resources import resource_path
 
 from . import theme
 from .main_window import MainWindow
@@ -23,6 +26,9 @@ def run(model_path: str | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("Sana Studio")
     app.setOrganizationName("Sana Studio")
+    # Wayland and the desktop shells match the window to sana-studio.desktop (and its icon) by this name.
+    QGuiApplication.setDesktopFileName("sana-studio")
+    app.setWindowIcon(icon())
     setup_logging()
     settings = Settings.load()
     theme.apply(app, settings["theme"])
@@ -36,7 +42,13 @@ def run(model_path: str | None = None) -> int:
 
 
 def create_window(settings: Settings, engine: Engine | None = None) -> MainWindow:
-    return MainWindow(Session(settings, engine=engine))
+    window = MainWindow(Session(settings, engine=engine))
+    window.setWindowIcon(icon())
+    return window
+
+
+def icon() -> QIcon:
+    return QIcon(str(resource_path("icons", "sana-studio.png")))
 
 
 def setup_logging() -> logging.Handler:

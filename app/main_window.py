@@ -2,7 +2,8 @@
 
 The window sends intents to the Session and redraws from the AppState's signals; it never
 calls the engine. Keyboard: Ctrl+Enter generates, Esc cancels, Ctrl+S saves the shown image
-as…, Ctrl+, opens the settings; dropping an image restores the settings stored in it.
+as…, Ctrl+, opens the settings; dropping an image restores the settings stored in it. Edit ▸
+Models… (and the banner's "Download a model…") opens the model manager.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from engine.errors import OutputError, RequestError
 from engine.image_io import read_request_fields, save_image, write_atomically
 from engine.request import MIN_SIDE, GenerationRequest
 
-from . import failures, theme
+from . import capabilities, failures, theme
 from .banner import Banner
 from .canvas import Canvas
-from .capabilities import demo_model_path, int8_unavailable_reason
+from .capabilities import int8_unavailable_reason
 from .gallery import Gallery
+from .model_manager_dialog import ModelManagerDialog
 from .naming import IMAGE_SUFFIXES
 from .request_form import RequestForm
 from .session import Session
@@ -47,6 +49,10 @@ from .settings_dialog import SettingsDialog
 from .state import Job, Progress, Result
 
 log = logging.getLogger(__name__)
+
+DOWNLOAD_MODEL = "download_model"  # the banner's remedy that opens the model manager
+DEMO_NOTICE = ("This is the demo model: it draws simple coloured shapes. Download a real SANA model "
+               "for real pictures.")
 
 
 class MainWindow(QMainWindow):
@@ -58,6 +64,7 @@ class MainWindow(QMainWindow):
         self.shown_result: Result | None = None  # the finished image on the canvas, if any
         self.shown_path: Path | None = None  # the file the canvas shows, if any
         self._last_report: failures.ErrorReport | None = None  # what the banner's buttons act on
+        self._models_dialog: ModelManagerDialog | None = None  # one, kept: a download outlives its closing
 
         self.form = RequestForm()
         self.generate_button = QPushButton("Generate", objectName="generate_button")
@@ -83,6 +90,7 @@ class MainWindow(QMainWindow):
         remove.triggered.connect(self.remove_selected)
         self.queue.addAction(remove)
         self.banner.acted.connect(self._remedy)
+        self.banner.dismissed.connect(self._on_banner_dismissed)
         self.gallery.activated_path.connect(self.show_file)
         self.gallery.reuse_requested.connect(self._restore_fields)
         self.gallery.notice.connect(lambda text, level: self.banner.show_message(text, level))
@@ -162,6 +170,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         action(file_menu, "Quit", self.close, "Ctrl+Q")
         edit_menu = self.menuBar().addMenu("&Edit")
+        action(edit_menu, "Models…", self.open_models)
         action(edit_menu, "Settings…", self.open_settings, "Ctrl+,")
         view_menu = self.menuBar().addMenu("&View")
         action(view_menu, "Fit", lambda: self.canvas.set_zoom(None), "Ctrl+0")
@@ -173,12 +182,27 @@ class MainWindow(QMainWindow):
 
     def start(self, model_path: str | None = None) -> None:
         """Load `model_path`, else the last used model, else the demo model."""
-        self.load_model(model_path or self.settings["model_path"] or demo_model_path() or "")
+        self.load_model(model_path or self.settings["model_path"] or capabilities.demo_model_path() or "")
 
     def load_model(self, path: str) -> None:
         if path:
-            self.settings.remember_model(path if path != demo_model_path() else "")
+            self.settings.remember_model(path if not _is_demo(path) else "")
         self.session.load_model(path)
+
+    def open_models(self) -> ModelManagerDialog:
+        """Show the model manager (the same one each time, so a running download stays in view)."""
+        if self._models_dialog is None:
+            self._models_dialog = ModelManagerDialog(self)
+            self._models_dialog.model_chosen.connect(self.use_model)
+        self._models_dialog.refresh()
+        self._models_dialog.show()
+        self._models_dialog.raise_()
+        self._models_dialog.activateWindow()
+        return self._models_dialog
+
+    def use_model(self, path: str) -> None:
+        """Switch to the model folder `path`, as choosing it in the settings dialog does."""
+        self.apply_settings({"model_path": path})
 
     def generate(self) -> Job | None:
         try:
@@ -281,7 +305,10 @@ class MainWindow(QMainWindow):
         if state.model_status == "ready":
             self.model_label.setText(f"{state.model.name} · {state.model.native_size} px · {state.model.device}")
             self.form.set_native_size(state.model.native_size)
-            if self.banner.topic == "model":  # the problem it reported is solved
+            if _is_demo(state.model.path) and not self.settings["demo_notice_dismissed"]:
+                self.banner.show_message(DEMO_NOTICE, "info", actions=[self._remedy_button(DOWNLOAD_MODEL)],
+                                         topic="demo")
+            elif self.banner.topic in ("model", "demo"):  # the problem it reported is solved
                 self.banner.dismiss()
         elif state.model_status == "loading":
             self.model_label.setText("Loading the model…")
@@ -290,8 +317,10 @@ class MainWindow(QMainWindow):
         elif state.model_status == "none":
             self.model_label.setText("No model")
             self.banner.show_message(
-                "No model is loaded: this build has no demo model. Choose a SANA model folder (diffusers layout).",
-                "warning", actions=[self._remedy_button(failures.CHOOSE_MODEL)], topic="model")
+                "No model is loaded: this build has no demo model. Download a SANA model, or choose a model "
+                "folder (diffusers layout).", "warning",
+                actions=[self._remedy_button(DOWNLOAD_MODEL), self._remedy_button(failures.CHOOSE_MODEL)],
+                topic="model")
         else:
             self.model_label.setText("No model (loading failed)")
         usable = state.model_status in ("ready", "loading")
@@ -360,13 +389,16 @@ class MainWindow(QMainWindow):
             pending = BY_NAME[setting].engine_pending
             return key, label, not pending, PENDING_NOTE if pending else ""
         labels = {failures.RETRY: "Retry", failures.SETTINGS: "Settings…",
-                  failures.CHOOSE_MODEL: "Choose a model folder…"}
+                  failures.CHOOSE_MODEL: "Choose a model folder…", DOWNLOAD_MODEL: "Download a model…"}
         return key, labels[key], True, ""
 
     def _remedy(self, key: str) -> None:
         report = self._last_report
         request: GenerationRequest | None = report.request if report else None
         self.banner.dismiss()
+        if key == DOWNLOAD_MODEL:
+            self.open_models()
+            return
         if key == failures.CHOOSE_MODEL:
             folder = QFileDialog.getExistingDirectory(self, "Choose a SANA model folder")
             if folder:
@@ -386,6 +418,11 @@ class MainWindow(QMainWindow):
             self.settings["offload_text_encoder"] = True
         self._save_settings()
         self.session.submit(request)
+
+    def _on_banner_dismissed(self, topic: str) -> None:
+        if topic == "demo":  # read once is enough: it does not come back at the next start
+            self.settings["demo_notice_dismissed"] = True
+            self._save_settings()
 
     def _smaller(self, request: GenerationRequest) -> tuple[int, int]:
         """Down to the model's native size first (its trained shape nearest this one), then by 3/4."""
@@ -461,9 +498,16 @@ class MainWindow(QMainWindow):
         stored.sync()
         self.settings["form"] = self.form.fields()
         self._save_settings()
+        if self._models_dialog is not None:
+            self._models_dialog.shutdown()
         self.session.shutdown()
         self.gallery.wait_for_thumbnails()
         super().closeEvent(event)
+
+
+def _is_demo(path: str | Path) -> bool:
+    demo = capabilities.demo_model_path()
+    return demo is not None and Path(path).resolve() == Path(demo).resolve()
 
 
 def _dropped_image(mime) -> Path | None:

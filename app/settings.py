@@ -103,6 +103,7 @@ SCHEMA = (
         choices=(("dark", "Dark"), ("light", "Light"), ("system", "Like the system")),
     ),
     Setting("form", {}, "The request fields last used, restored at start."),
+    Setting("demo_notice_dismissed", False, "The note that the demo model only draws shapes was dismissed."),
 )
 BY_NAME = {setting.name: setting for setting in SCHEMA}
 

@@ -96,7 +96,8 @@ class Session(QObject):
         self.state.queue_changed.emit()
         suffix = "." + self.settings["image_format"]
         output = OutputOptions(self.settings.output_dir(), self.settings["filename_pattern"], suffix)
-        self._run_requested.emit(job, RunOptions(output, previews=self.settings["preview_mode"] != "off"))
+        self._run_requested.emit(job, RunOptions(output, previews=self.settings["preview_mode"] != "off",
+                                                 tiling=self.settings["vae_tiling"]))
 
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.state.set_model("ready", info)

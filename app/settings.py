@@ -96,7 +96,6 @@ SCHEMA = (
         "vae_tiling", "auto",
         "Decode large images in tiles to bound memory. Auto tiles only when the image needs it.",
         choices=(("auto", "Automatic"), ("always", "Always"), ("off", "Off")),
-        engine_pending=True,
     ),
     Setting(
         "theme", "dark", "How the window looks.",

@@ -55,6 +55,7 @@ class RunOptions:
 
     output: OutputOptions
     previews: bool
+    tiling: str = "auto"  # the DC-AE decode: auto / always / off
 
 
 class EngineWorker(QObject):
@@ -99,6 +100,7 @@ class EngineWorker(QObject):
             return
         if hasattr(self._generator, "previews"):
             self._generator.previews = options.previews  # none computed when none are shown
+            self._generator.tiling = options.tiling
         finished: list[events.Finished] = []
         ended: list[events.Cancelled] = []
         seeded = [job.request]

@@ -1,0 +1,1 @@
+"""Training code: not part of the app; run from the repository root with python3 -m."""

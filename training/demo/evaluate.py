@@ -1,0 +1,72 @@
+"""Held-out captions through the engine's own loader and Generator, judged by pixel statistics.
+
+Used at the end of training (on the GPU, so the log says how good the weights are before they
+travel) and by tests/test_demo_model.py (on the CPU, with the bundled weights).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from engine.generator import Generator
+from engine.model import SanaModel
+from engine.request import GenerationRequest
+
+from .judge import ImageVerdict, judge, summarize
+from .scenes import held_out_scenes
+
+STEPS = 20
+GUIDANCE = 4.5  # the app's default
+HELD_OUT_CAPTIONS = 16
+SEEDS = (0, 1)
+
+
+def judge_held_out(
+    model: SanaModel,
+    captions: int = HELD_OUT_CAPTIONS,
+    seeds: tuple[int, ...] = SEEDS,
+    guidance: float = GUIDANCE,
+    steps: int = STEPS,
+) -> tuple[list[ImageVerdict], list[Image.Image]]:
+    """Generate each held-out caption once per seed at the model's native size; judge each image."""
+    generator = Generator(model, previews=False)
+    size = model.native_size
+    verdicts, images = [], []
+    for scene in held_out_scenes(captions):
+        for seed in seeds:
+            request = GenerationRequest(
+                scene.caption(), width=size, height=size, steps=steps, guidance_scale=guidance, seed=seed,
+                precision="fp32",
+            )
+            image = generator.generate(request)[0]
+            verdicts.append(judge(image, scene))
+            images.append(image)
+    return verdicts, images
+
+
+def report(verdicts: list[ImageVerdict]) -> dict:
+    """The summary plus, per image, what was asked and what was found: for logs and failures."""
+    details = []
+    for verdict in verdicts:
+        details.append({
+            "caption": verdict.scene.caption(),
+            "background_right": verdict.background_right,
+            "objects": [
+                {"object": o.object.phrase(), "shape": o.object.shape, "placed": o.placed,
+                 "fill": None if o.fill is None else round(o.fill, 3), "read_as": o.shape}
+                for o in verdict.objects
+            ],
+        })
+    return {**summarize(verdicts), "images_detail": details}
+
+
+def contact_sheet(images: list[Image.Image], columns: int, path: Path) -> None:
+    width, height = images[0].size
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * width, rows * height), "gray")
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % columns) * width, (i // columns) * height))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)

@@ -13,6 +13,7 @@ the DiT steps, and the DC-AE decode. Prints a table (medians) and writes every n
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -24,13 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import events  # noqa: E402
-from engine.checkpoint import find_weight_files, read_headers  # noqa: E402
-from engine.demo import demo_model_path  # noqa: E402
-from engine.generator import Generator  # noqa: E402
-from engine.model import load_model  # noqa: E402
-from engine.request import GenerationRequest  # noqa: E402
-from training.demo.scenes import held_out_scenes  # noqa: E402
+from engine.checkpoint import find_weight_files, read_headers
+from engine.demo import demo_model_path
+from engine.generator import Generator
+from engine.model import load_model
+from engine.request import GenerationRequest
+from training.demo.scenes import held_out_scenes
 
 COMPONENTS = ("transformer", "vae", "text_encoder")
 
@@ -56,7 +56,7 @@ def one_run(generator: Generator, request: GenerationRequest) -> dict[str, float
     steps = [t for name, t in stamps if name == "Step"]
     decoding = next(t for name, t in stamps if name == "Decoding")
     finished = next(t for name, t in stamps if name == "Finished")
-    step = statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) > 1 else steps[0] - started
+    step = statistics.median(b - a for a, b in itertools.pairwise(steps)) if len(steps) > 1 else steps[0] - started
     return {
         "total_s": total,
         "encode_and_setup_s": (steps[0] - started) - step,

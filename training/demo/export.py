@@ -110,7 +110,7 @@ def export_model(
     _write_component(folder / "vae", "AutoencoderDC", _lists(dataclasses.asdict(dcae.config)), dcae)
     text_copy = copy.deepcopy(text_model).to("cpu")
     text_copy.load_state_dict({name: _storage(t) for name, t in text_copy.state_dict().items()}, assign=True)
-    text_copy.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    text_copy.save_pretrained(folder / "text_encoder")  # safetensors, transformers' default
     tokenizer.save_pretrained(folder / "tokenizer")
     _write_json(folder / "scheduler" / "scheduler_config.json", {**SCHEDULER_CONFIG, "flow_shift": float(flow_shift)})
     (folder / "README.md").write_text(MODEL_CARD, encoding="utf-8")

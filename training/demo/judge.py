@@ -16,7 +16,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scenes import CELLS, COLOURS, PALETTE, SHAPES, SIZE_JITTER, SIZES, SQUARE_HALF_SIDE, Scene, SceneObject, fill_ratio
+from .scenes import (
+    CELLS,
+    COLOURS,
+    PALETTE,
+    SHAPES,
+    SIZE_JITTER,
+    SIZES,
+    SQUARE_HALF_SIDE,
+    Scene,
+    SceneObject,
+    fill_ratio,
+)
 
 MAX_COLOUR_DISTANCE = 64.0  # RGB units; the closest two palette colours are 81 apart
 BACKGROUND_SHARE = 0.5
@@ -51,6 +62,8 @@ def judge(image, scene: Scene) -> ImageVerdict:
     background = COLOURS.index(scene.background)
     background_right = int(counts.argmax()) == background and counts[background] >= BACKGROUND_SHARE * labels.size
     side = min(height, width)
+    # Smaller than a third of the smallest object: a fringe of blended edge pixels, not an object;
+    # larger than 2.5× the largest: a wash of colour, not an object.
     min_area = 0.35 * _smallest_area() * side * side
     max_area = 2.5 * _largest_area() * side * side
     verdicts = []

@@ -72,7 +72,7 @@ PRESETS = {
         image_size=256,
         dit=_dit(width_heads=8, layers=12, cross_heads=4, text_hidden=256, image_size=256),
         vae=_vae([16, 32, 64, 128, 128, 128], [32, 64, 128, 128, 128, 128],
-                 [1, 1, 1, 1, 1, 1], [1, 1, 2, 2, 2, 2], head_dim=32),
+                 [1, 1, 1, 1, 1, 1], [1, 2, 2, 2, 2, 2], head_dim=32),
         text_encoder=_gemma(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=1024),
     ),
     "quick": Preset(

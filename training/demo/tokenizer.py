@@ -27,7 +27,14 @@ def corpus(instruction: str, seed: int = 0) -> list[str]:
 
 def train_tokenizer(instruction: str, seed: int = 0, vocab_size: int = VOCAB_SIZE):
     """A transformers fast tokenizer (`PreTrainedTokenizerFast`) that adds <bos> and pads right with id 0."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))

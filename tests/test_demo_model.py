@@ -1,0 +1,130 @@
+"""The bundled demo model draws what held-out captions ask for, judged by an honest pixel checker.
+
+The checker (training/demo/judge.py) is tested first on ground-truth renders, where it must score
+100%, and on images paired with the wrong caption, where it must fail: only then does its score
+on the model's images mean anything.
+"""
+
+import random
+
+import pytest
+import torch
+
+from engine.demo import demo_model_path
+from engine.errors import CheckpointError
+from resources import resource_path
+from training.demo.judge import judge, summarize
+from training.demo.scenes import (
+    COLOURS,
+    SHAPES,
+    Scene,
+    SceneObject,
+    held_out_scenes,
+    place,
+    render,
+    render_scenes,
+    sample_scene,
+)
+
+DEMO = resource_path("demo_model")
+SIZE = 256
+MIN_PLACED, MIN_BACKGROUNDS = 0.9, 0.9
+MAX_MEGABYTES = 50
+
+
+def to_pixels(images: torch.Tensor):
+    return ((images + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def ground_truth(scenes: list[Scene], seed: int = 0):
+    return to_pixels(render_scenes(scenes, SIZE, random.Random(seed)))
+
+
+def test_checker_scores_ground_truth_renders_fully():
+    rng = random.Random(7)
+    scenes = held_out_scenes(16) * 2 + [sample_scene(rng) for _ in range(48)]
+    verdicts = [judge(image, scene) for image, scene in zip(ground_truth(scenes), scenes)]
+    summary = summarize(verdicts)
+    assert summary["objects"] > 100
+    assert summary["placed_fraction"] == 1.0
+    assert summary["shape_fraction"] == 1.0
+    assert summary["background_fraction"] == 1.0
+
+
+def test_checker_fails_images_paired_with_another_caption():
+    rng = random.Random(8)
+    scenes = [sample_scene(rng) for _ in range(40)]
+    images = ground_truth(scenes)
+    shuffled = scenes[1:] + scenes[:1]
+    summary = summarize([judge(image, scene) for image, scene in zip(images, shuffled)])
+    assert summary["placed_fraction"] < 0.3
+    assert summary["background_fraction"] < 0.3
+
+
+def test_checker_finds_no_objects_on_a_plain_background():
+    scenes = held_out_scenes(12)
+    plain = to_pixels(render([Scene(s.background, ()) for s in scenes], [[] for _ in scenes], SIZE))
+    summary = summarize([judge(image, scene) for image, scene in zip(plain, scenes)])
+    assert summary["placed"] == 0 and summary["background_fraction"] == 1.0
+
+
+def test_checker_reads_each_shape_and_rejects_the_others():
+    rng = random.Random(9)
+    for shape in SHAPES:
+        for size in ("small", "large"):
+            scene = Scene("white", (SceneObject("blue", shape, size, "center"),))
+            image = to_pixels(render([scene], [place(scene, rng)], SIZE))[0]
+            (verdict,) = judge(image, scene).objects
+            assert verdict.placed and verdict.shape == shape, (shape, size, verdict.fill)
+            for other in set(SHAPES) - {shape}:
+                wrong = Scene("white", (SceneObject("blue", other, size, "center"),))
+                assert not judge(image, wrong).objects[0].shape_right
+
+
+def test_checker_places_objects_by_their_named_position_only():
+    scene = Scene("black", (SceneObject("red", "circle", "large", "left"),))
+    image = ground_truth([scene])[0]
+    for position in ("right", "top", "bottom", "center"):
+        moved = Scene("black", (SceneObject("red", "circle", "large", position),))
+        assert not judge(image, moved).objects[0].placed
+    recoloured = Scene("black", (SceneObject(next(c for c in COLOURS if c not in ("red", "black")),
+                                             "circle", "large", "left"),))
+    assert not judge(image, recoloured).objects[0].placed
+
+
+def test_demo_model_path_names_a_missing_model(monkeypatch):
+    monkeypatch.setattr("engine.demo.DEMO_FOLDER", "no_such_demo_model")
+    with pytest.raises(CheckpointError, match="bundled demo model is missing"):
+        demo_model_path()
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    from engine.model import load_model
+
+    return load_model(demo_model_path(), device="cpu")
+
+
+def test_bundled_demo_model_fits_the_size_budget(demo_model):
+    megabytes = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file()) / 1e6
+    assert megabytes <= MAX_MEGABYTES
+    assert demo_model.native_size == SIZE
+
+
+@pytest.mark.slow  # 32 generations at 256², 20 steps: about a minute on 2 cores
+def test_bundled_demo_model_puts_colours_where_held_out_captions_say(demo_model, record_property):
+    """Colours at their named positions and backgrounds: the issue's ≥ 90%. Shapes are reported,
+    not asserted: the shipped weights read 56–65% of shapes right where the goal is 80%
+    (issue #3 stays open for that)."""
+    from training.demo.evaluate import judge_held_out, report
+
+    verdicts, _ = judge_held_out(demo_model, captions=16, seeds=(0, 1), guidance=4.5, steps=20)
+    result = report(verdicts)
+    failures = [d for d in result["images_detail"]
+                if not d["background_right"] or not all(o["placed"] for o in d["objects"])]
+    summary = {k: v for k, v in result.items() if k != "images_detail"}
+    record_property("demo_held_out", summary)
+    print(f"demo model, held-out captions: {summary}")
+    assert result["images"] == 32
+    assert result["placed_fraction"] >= MIN_PLACED, (summary, failures)
+    assert result["background_fraction"] >= MIN_BACKGROUNDS, (summary, failures)

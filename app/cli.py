@@ -89,7 +89,7 @@ def generate(args: argparse.Namespace) -> int:
         if args.width is None and args.height is None and model.native_size != 1024:
             request = request.replace(width=model.native_size, height=model.native_size)
         images = Generator(model, previews=False).generate(request, on_event=print_progress, cancel=cancel)
-        written = [save_image(image, path, request, model.name, model_precision(model, request))
+        written = [save_image(image, path, request, model.name, model.precision_name)
                    for image, path in zip(images, outputs)]
     except KeyboardInterrupt:
         return fail("interrupted; nothing was written", EXIT_INTERRUPTED)
@@ -103,12 +103,6 @@ def generate(args: argparse.Namespace) -> int:
         print(path)
     print(f"seed {request.seed}", file=sys.stderr)
     return 0
-
-
-def model_precision(model, request: GenerationRequest) -> str:
-    from engine.devices import dtype_name
-
-    return dtype_name(model.dit_dtype) if request.precision == "auto" else request.precision
 
 
 def default_model_path() -> Path:

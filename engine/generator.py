@@ -10,7 +10,6 @@ from typing import Callable
 import torch
 
 from . import events
-from .devices import dtype_name
 from .model import SanaModel
 from .preview import LatentPreviewer, load_or_fit_previewer, to_pil
 from .request import GenerationRequest
@@ -90,7 +89,7 @@ class Generator:
         metadata = {
             "request": request.to_dict(),
             "model": model.name,
-            "precision": dtype_name(dtype) if request.precision == "auto" else request.precision,
+            "precision": model.precision_name,
             "seconds": round(time.perf_counter() - start, 3),
         }
         emit(events.Finished(images, metadata))

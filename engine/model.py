@@ -29,7 +29,7 @@ from .checkpoint import (
     read_json,
 )
 from .dcae import DCAE, DCAEConfig
-from .devices import companion_dtype, dit_dtype, resolve_device
+from .devices import companion_dtype, dit_dtype, dtype_name, resolve_device
 from .dit import DiTConfig, LinearDiT
 from .errors import CheckpointError, ConfigError
 from .original_dcae import convert_original_dcae, looks_like_original_dcae
@@ -71,6 +71,11 @@ class SanaModel:
     @property
     def dit_dtype(self) -> torch.dtype:
         return next(self.dit.parameters()).dtype
+
+    @property
+    def precision_name(self) -> str:
+        """What the DiT runs in now, as saved in an image's metadata: "int8", or its dtype."""
+        return self.precision if self.precision != "auto" else dtype_name(self.dit_dtype)
 
     def set_precision(self, precision: str) -> None:
         """Switch the DiT's dtype, or W8A8 on and off, for the next generation.

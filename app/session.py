@@ -97,7 +97,8 @@ class Session(QObject):
         suffix = "." + self.settings["image_format"]
         output = OutputOptions(self.settings.output_dir(), self.settings["filename_pattern"], suffix)
         self._run_requested.emit(job, RunOptions(output, previews=self.settings["preview_mode"] != "off",
-                                                 tiling=self.settings["vae_tiling"]))
+                                                 tiling=self.settings["vae_tiling"],
+                                                 offload_text_encoder=self.settings["offload_text_encoder"]))
 
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.state.set_model("ready", info)

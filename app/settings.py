@@ -90,7 +90,6 @@ SCHEMA = (
     Setting(
         "offload_text_encoder", False,
         "Move the text encoder off the GPU once the prompt is encoded, to free memory for the image.",
-        engine_pending=True,
     ),
     Setting(
         "vae_tiling", "auto",

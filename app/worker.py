@@ -56,6 +56,7 @@ class RunOptions:
     output: OutputOptions
     previews: bool
     tiling: str = "auto"  # the DC-AE decode: auto / always / off
+    offload_text_encoder: bool = False
 
 
 class EngineWorker(QObject):
@@ -101,6 +102,7 @@ class EngineWorker(QObject):
         if hasattr(self._generator, "previews"):
             self._generator.previews = options.previews  # none computed when none are shown
             self._generator.tiling = options.tiling
+            self._generator.offload_text_encoder = options.offload_text_encoder
         finished: list[events.Finished] = []
         ended: list[events.Cancelled] = []
         seeded = [job.request]

@@ -1,7 +1,9 @@
 """INT8 vs FP16 for the whole DiT step at the published 1.6B (and 0.6B) configuration, on CUDA.
 
 Random weights (seeded). For each configuration and resolution it prints and writes to --out:
-  * one DiT step (CFG batch of 2) in FP16 and in W8A8, CUDA events, warm-up first, median;
+  * one DiT step (CFG batch of 2, guidance combined) in FP16 and in W8A8 as the Generator runs it:
+    fused blocks (engine.accelerate) replayed from a CUDA graph (engine.runner); CUDA events,
+    warm-up first, median;
   * the relative error of the velocity, INT8 vs FP16, for the whole policy and for each layer
     class of the policy alone (self-attention QKV, self-attention output, cross-attention Q/out,
     Mix-FFN convs) — the evidence the layer policy is judged on.
@@ -22,7 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.accelerate import accelerate_dit  # noqa: E402
 from engine.dit import DiTConfig, LinearDiT  # noqa: E402
+from engine.runner import DenoiseRunner  # noqa: E402
 from quant import QuantPolicy, dequantize_model, quantize_model, set_int8  # noqa: E402
 
 _BLOCK = r"transformer_blocks\.\d+\."
@@ -82,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         t = torch.tensor([700.0, 700.0], device="cuda")
         with torch.inference_mode():
             reference = model(x, t, text, mask)
-            fp16_ms = median_ms(lambda: model(x, t, text, mask))
             errors = {}
             for name, patterns in LAYER_CLASSES.items():
                 quantize_model(model, QuantPolicy(int8=patterns))
@@ -91,12 +94,20 @@ def main(argv: list[str] | None = None) -> int:
             report = quantize_model(model)
             set_int8(model, True)
             errors["whole policy"] = relative_error(model(x, t, text, mask), reference)
-            int8_ms = median_ms(lambda: model(x, t, text, mask))
             set_int8(model, False)
             back = relative_error(model(x, t, text, mask), reference)
+            print(f"    {accelerate_dit(model)}", flush=True)
+            fused_error = relative_error(model(x, t, text, mask), reference)
+            step = {}
+            for precision in ("fp16", "int8"):
+                set_int8(model, precision == "int8")
+                runner = DenoiseRunner(model)  # a CUDA graph per shape, captured on the first call
+                step[precision] = median_ms(lambda r=runner: r.velocity(x[:1].float(), 700.0, text, mask, 4.5))
+            fp16_ms, int8_ms = step["fp16"], step["int8"]
         row = {
             "config": config_file, "side": side, "fp16_step_ms": fp16_ms, "int8_step_ms": int8_ms,
             "speedup": fp16_ms / int8_ms, "relative_error": errors, "float_again_error": back,
+            "fused_fp16_error": fused_error, "timing": "fused blocks, CUDA-graph replay of the CFG step",
             "quantized_layers": len(report.quantized),
         }
         rows.append(row)

@@ -147,13 +147,16 @@ class Measurement:
     output: Any = None
 
 
-def resident_bytes(*modules: nn.Module | None) -> int:
-    """Bytes of the parameters and buffers of `modules`, each shared tensor counted once."""
+def resident_bytes(*modules: nn.Module | None, device_type: str | None = None) -> int:
+    """Bytes of the parameters and buffers of `modules` (on `device_type` only, if given), each
+    shared tensor counted once."""
     seen, total = set(), 0
     for module in modules:
         if module is None:
             continue
         for tensor in [*module.parameters(), *module.buffers()]:
+            if device_type is not None and tensor.device.type != device_type:
+                continue
             key = (tensor.device, tensor.untyped_storage().data_ptr())
             if key not in seen:
                 seen.add(key)
@@ -162,13 +165,14 @@ def resident_bytes(*modules: nn.Module | None) -> int:
 
 
 def measure(setup: Setup, fn: Callable[[], Any], holds: tuple[nn.Module | None, ...]) -> Measurement:
-    """Warm up, then time `fn` (median); peak = weights of `holds` + the most allocated on top,
-    warm-up included (CUDA graphs and autotuners allocate there)."""
+    """Warm up, then time `fn` (median); peak = the most allocated at any moment, warm-up included
+    (CUDA graphs and autotuners allocate there), less what other rows' models hold on the GPU: the
+    weights of `holds` count while they are on the GPU, and only then (an offloaded text encoder)."""
     _free()
     if setup.cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        others = torch.cuda.memory_allocated() - resident_bytes(*holds, device_type="cuda")
     start = time.perf_counter()
     for _ in range(setup.warmup):
         fn()
@@ -182,7 +186,7 @@ def measure(setup: Setup, fn: Callable[[], Any], holds: tuple[nn.Module | None, 
         times.append(ms)
     peak = None
     if setup.cuda:
-        peak = torch.cuda.max_memory_allocated() - base + resident_bytes(*holds)
+        peak = torch.cuda.max_memory_allocated() - others
     return Measurement(statistics.median(times), peak, output)
 
 
@@ -562,11 +566,13 @@ def bench_dit_and_sample(setup: Setup, group: DiTGroup, stages: set, precisions:
 def bench_pipeline(setup: Setup, group: DiTGroup, vae: DCAE, vae_reference: nn.Module | None,
                    text_encoder: TextEncoder, precisions: list, rows: list) -> None:
     for precision in precisions:
-        for impl in ("ours", "ours+kernels"):
+        for impl, offload in (("ours", False), ("ours+kernels", False), ("ours+kernels", True)):
             if impl not in setup.impls:
                 continue
-            entry = row("pipeline", group.model, group.size, precision, impl, f"{setup.steps} steps",
-                        note="decode: auto tiling")
+            entry = row("pipeline", group.model, group.size, precision, impl,
+                        f"{setup.steps} steps" + (", offload" if offload else ""),
+                        note="decode: auto tiling" + ("; text encoder parked in CPU memory after encoding"
+                                                      if offload else ""))
             rows.append(entry)
             dit = attempt(entry, lambda: group.variants.get(impl, precision))
             if dit is None:
@@ -574,7 +580,7 @@ def bench_pipeline(setup: Setup, group: DiTGroup, vae: DCAE, vae_reference: nn.M
             sana = SanaModel(name=f"bench-{group.model}", path=Path("."), device=setup.device, dit=dit, dcae=vae,
                              text_encoder=text_encoder, scheduler_config=group.scheduler,
                              checkpoint_dtype=setup.dit_dtype, precision=precision)
-            generator = Generator(sana, previews=False)
+            generator = Generator(sana, previews=False, offload_text_encoder=offload)
             request = GenerationRequest(prompt=PROMPT, width=group.size, height=group.size, steps=setup.steps,
                                         guidance_scale=GUIDANCE, seed=0, precision=precision)
 

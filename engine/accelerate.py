@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from quant import QuantLinear, quantize_tokens
+
 from .dit import LinearSelfAttention, MixFFN, SanaBlock
 
 try:  # Triton ships for Linux x86-64 only; elsewhere accelerate_dit says so and changes nothing
@@ -52,9 +54,19 @@ class FastLinearSelfAttention(nn.Module):
     def forward(self, x: Tensor, clamp: bool = True) -> Tensor:
         """As `LinearSelfAttention.forward`; `clamp=False` leaves the ±65504 clip to the caller
         (`FastSanaBlock` folds it into its residual pass)."""
-        q, k, v = self.norm_q(self.to_q(x)), self.norm_k(self.to_k(x)), self.to_v(x)
+        q, k, v = self._project(x)
+        q, k = self.norm_q(q), self.norm_k(k)
         out = self.to_out(linear_attention.linear_attention(q, k, v, self.heads))
         return out.clamp(-FP16_MAX, FP16_MAX) if clamp else out
+
+    def _project(self, x: Tensor) -> list[Tensor]:
+        """q, k, v. In W8A8 the three projections share one per-token quantization of x, where
+        each layer on its own would quantize x again (two passes over x saved per block)."""
+        layers = (self.to_q, self.to_k, self.to_v)
+        if all(isinstance(layer, QuantLinear) and layer.int8 for layer in layers):
+            x_q, x_scale = quantize_tokens(x)
+            return [layer.gemm(x_q, x_scale).view(*x.shape[:-1], layer.out_features) for layer in layers]
+        return [layer(x) for layer in layers]
 
 
 class FastMixFFN(nn.Module):
@@ -73,12 +85,18 @@ class FastMixFFN(nn.Module):
 def _pointwise(conv: nn.Module, x: Tensor) -> Tensor:
     """A 1×1 conv of NCHW x. A plain nn.Conv2d runs as the GEMM it is, over the tokens of x's
     channels-last memory: cuBLAS took 2.65 ms where cuDNN's 1×1 conv took 3.46 ms for the 1.6B
-    expansion at 4096² (H100). Anything else in its place (a W8A8 layer), or a CPU tensor, runs
-    the module itself."""
-    if type(conv) is not nn.Conv2d or not x.is_cuda:
+    expansion at 4096² (H100). The tokens go in as one 2-D matrix, so the bias is added in the
+    GEMM's epilogue (cuDNN's 1×1 conv added it in a separate pass: 1 ms a block at 4096²). A
+    W8A8 layer switched to float runs the same way; switched to INT8 it runs itself, as does
+    anything on the CPU."""
+    if not x.is_cuda or getattr(conv, "int8", False):
         return conv(x)
-    tokens = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
-    return tokens.permute(0, 3, 1, 2)
+    batch, channels, height, width = x.shape
+    pixels = x.permute(0, 2, 3, 1)
+    if not pixels.is_contiguous():
+        pixels = pixels.contiguous()
+    tokens = F.linear(pixels.view(-1, channels), conv.weight.flatten(1), conv.bias)
+    return tokens.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
 class FastSanaBlock(nn.Module):

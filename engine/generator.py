@@ -25,16 +25,19 @@ class Generator:
     """Runs requests on one loaded model. Not thread-safe: one generation at a time.
 
     `cache_dir` holds what is derived from a model (the fitted preview map) when the model's own
-    folder is read-only.
+    folder is read-only. `offload_text_encoder` parks the text encoder in CPU memory once the
+    prompts are encoded (a prompt already in the cache needs no encoder at all).
     """
 
     def __init__(
-        self, model: SanaModel, cache_dir: Path | None = None, previews: bool = True, tiling: str = "auto"
+        self, model: SanaModel, cache_dir: Path | None = None, previews: bool = True, tiling: str = "auto",
+        offload_text_encoder: bool = False,
     ):
         self.model = model
         self.cache_dir = cache_dir
         self.previews = previews
         self.tiling = tiling  # DC-AE decode: "auto" tiles only when one pass would not fit
+        self.offload_text_encoder = offload_text_encoder
         self.prompt_cache = PromptCache()
         self._previewer: LatentPreviewer | None = None
         self._runner = DenoiseRunner(model.dit)
@@ -63,6 +66,8 @@ class Generator:
         emit(events.Started(request, len(solver)))
 
         text, mask = self._text_batch(request)
+        if self.offload_text_encoder:
+            model.text_encoder.park()
         latents = self._initial_noise(request)
         dtype = model.dit_dtype
         text = text.to(dtype)

@@ -49,6 +49,17 @@ class TextEncoder:
         # With the CHI, sequences are padded to its token count (BOS included) + max_length - 2,
         # leaving the prompt max_length - 2 positions after it, as diffusers does.
         self._instruction_tokens = len(tokenizer.encode(self.instruction))
+        self.device = next(model.parameters()).device  # where it computes, wherever it is parked
+
+    def park(self) -> None:
+        """Move the weights to CPU memory until the next encode: Gemma-2-2B's 5 GB in 16 bits is
+        room on a small GPU for the DiT and the decode. The cached prompts stay on the device."""
+        if self.device.type != "cpu":
+            self.model.to("cpu")
+
+    @property
+    def parked(self) -> bool:
+        return next(self.model.parameters()).device != self.device
 
     @torch.no_grad()
     def encode(self, prompts: list[str], with_instruction: bool) -> tuple[Tensor, Tensor]:
@@ -71,8 +82,10 @@ class TextEncoder:
             add_special_tokens=True,
             return_tensors="pt",
         )
-        ids = tokens.input_ids.to(self.model.device)
-        mask = tokens.attention_mask.to(self.model.device)
+        if self.parked:
+            self.model.to(self.device)
+        ids = tokens.input_ids.to(self.device)
+        mask = tokens.attention_mask.to(self.device)
         hidden = self.model(ids, attention_mask=mask).last_hidden_state
         # BOS + the last max_length - 1 positions: drops the CHI (SANA paper §3.1; diffusers parity).
         keep = [0, *range(length - self.max_length + 1, length)]

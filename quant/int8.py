@@ -26,8 +26,13 @@ ROUND_MAGIC = 12582912.0
 def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.float()
     absmax = x.abs().amax(dim=-1, keepdim=True).clamp_min(MIN_ABSMAX)
-    scale = absmax / QMAX
-    q = torch.round(x * (QMAX / absmax)).clamp_(-QMAX, QMAX).to(torch.int8)
+    # Tensor ÷ tensor, both ways: a Python number on either side lets torch multiply by a
+    # reciprocal instead (`127 / t` is t.reciprocal() · 127; CUDA's `t / 127` is t · (1/127)),
+    # two roundings where the kernels' division has one, which moves values sitting on a
+    # rounding boundary by a step.
+    qmax = torch.full_like(absmax, QMAX)
+    scale = absmax / qmax
+    q = torch.round(x * (qmax / absmax)).clamp_(-QMAX, QMAX).to(torch.int8)
     return q, scale
 
 

@@ -43,8 +43,8 @@ class _Int8Weight:
         self.weight_int8, self.weight_scale = quantize_per_channel(self.weight.reshape(self.weight.shape[0], -1))
 
     def gemm(self, a_q: torch.Tensor, a_scale: torch.Tensor) -> torch.Tensor:
-        """The W8A8 GEMM on an activation already quantized per token — e.g. by a fused
-        `quantize_modulated`, once for Q, K and V: a_q int8 [M, K], a_scale [M, 1] → [M, N]."""
+        """The W8A8 GEMM on an activation already quantized per token — e.g. once for Q, K and V:
+        a_q int8 [M, K], a_scale [M, 1] → [M, N]."""
         return int8_gemm(a_q, a_scale, self.weight_int8, self.weight_scale, self.bias, self.weight.dtype)
 
     def _apply(self, fn, recurse=True):

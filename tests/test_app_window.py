@@ -431,7 +431,7 @@ def test_out_of_memory_offers_the_remedies_and_retry_at_a_smaller_size_succeeds(
         assert set(buttons) == {"smaller", "int8", "tiling", "offload", "retry"}
         assert buttons["smaller"].text() == "Retry at 96×96" and buttons["smaller"].isEnabled()
         assert buttons["tiling"].isEnabled()
-        assert not buttons["offload"].isEnabled() and "engine supports" in buttons["offload"].toolTip()
+        assert buttons["offload"].isEnabled()
         if not torch.cuda.is_available():
             assert not buttons["int8"].isEnabled()
         assert "OutOfMemoryError" in window.banner.details.toPlainText()
@@ -537,20 +537,30 @@ def test_the_gallery_shows_earlier_runs_and_its_actions_work(qtbot, open_window,
     assert list((user_dirs / ".local/share/Trash/files").iterdir())  # recoverable, not gone
 
 
-def test_retry_with_vae_tiling_decodes_in_tiles(qtbot, open_window):
-    tiling_seen = []
+# remedy button → (engine event at which the run fails once, generator attribute, values seen, setting, value)
+MEMORY_REMEDIES = {
+    "tiling": ("Decoding", "tiling", ["auto", "always"], "vae_tiling", "always"),
+    "offload": ("Started", "offload_text_encoder", [False, True], "offload_text_encoder", True),
+}
+
+
+@pytest.mark.parametrize("remedy", MEMORY_REMEDIES)
+def test_memory_remedies_reach_the_engine_on_retry(qtbot, open_window, remedy):
+    """Retry with VAE tiling decodes in tiles; retry with the text encoder offloaded parks it."""
+    event_name, attribute, expected, setting, value = MEMORY_REMEDIES[remedy]
+    seen = []
 
     def hook(event, cancel):
-        if type(event).__name__ == "Decoding":
-            tiling_seen.append(window.session._worker._generator.tiling)
-            if len(tiling_seen) == 1:
+        if type(event).__name__ == event_name:
+            seen.append(getattr(window.session._worker._generator, attribute))
+            if len(seen) == 1:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     window = open_window(hooked_engine(hook))
     finished = record(window.state.job_finished)
     window.generate()
     qtbot.waitUntil(lambda: window.banner.isVisible() and not window.state.busy, timeout=WAIT_MS)
-    qtbot.mouseClick(window.banner.action_buttons()["tiling"], Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(window.banner.action_buttons()[remedy], Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)
-    assert tiling_seen == ["auto", "always"]
-    assert window.settings["vae_tiling"] == "always"
+    assert seen == expected
+    assert window.settings[setting] == value

@@ -30,6 +30,7 @@ DEMO = resource_path("demo_model")
 SIZE = 256
 MIN_PLACED, MIN_BACKGROUNDS = 0.9, 0.9
 MAX_MEGABYTES = 50
+MIN_PSNR_DB, MIN_PSNR_PAIRS = 30.0, 20
 
 
 def to_pixels(images: torch.Tensor):
@@ -111,20 +112,59 @@ def test_bundled_demo_model_fits_the_size_budget(demo_model):
     assert demo_model.native_size == SIZE
 
 
-@pytest.mark.slow  # 32 generations at 256², 20 steps: about a minute on 2 cores
-def test_bundled_demo_model_puts_colours_where_held_out_captions_say(demo_model, record_property):
-    """Colours at their named positions and backgrounds: the issue's ≥ 90%. Shapes are reported,
-    not asserted: the shipped weights read 56–65% of shapes right where the goal is 80%
-    (issue #3 stays open for that)."""
-    from training.demo.evaluate import judge_held_out, report
+@pytest.fixture(scope="module")
+def held_out_runs(demo_model):
+    """The 16 held-out captions × 2 seeds, in float and in W8A8 INT8: 64 generations at 256², 20
+    steps, about a minute and a half on 2 cores. One run serves the three tests below."""
+    from training.demo.evaluate import judge_held_out
 
-    verdicts, _ = judge_held_out(demo_model, captions=16, seeds=(0, 1), guidance=4.5, steps=20)
+    return {precision: judge_held_out(demo_model, captions=16, seeds=(0, 1), guidance=4.5, steps=20,
+                                      precision=precision)
+            for precision in ("fp32", "int8")}
+
+
+def check_captions_followed(verdicts, record_property, label: str) -> None:
+    from training.demo.evaluate import report
+
     result = report(verdicts)
     failures = [d for d in result["images_detail"]
                 if not d["background_right"] or not all(o["placed"] for o in d["objects"])]
     summary = {k: v for k, v in result.items() if k != "images_detail"}
-    record_property("demo_held_out", summary)
-    print(f"demo model, held-out captions: {summary}")
+    record_property(f"demo_held_out_{label}", summary)
+    print(f"demo model, held-out captions, {label}: {summary}")
     assert result["images"] == 32
     assert result["placed_fraction"] >= MIN_PLACED, (summary, failures)
     assert result["background_fraction"] >= MIN_BACKGROUNDS, (summary, failures)
+
+
+@pytest.mark.slow
+def test_bundled_demo_model_puts_colours_where_held_out_captions_say(held_out_runs, record_property):
+    """Colours at their named positions and backgrounds: the issue's ≥ 90%. Shapes are reported,
+    not asserted: the shipped weights read 56–65% of shapes right where the goal is 80%
+    (issue #3 stays open for that)."""
+    check_captions_followed(held_out_runs["fp32"][0], record_property, "fp32")
+
+
+@pytest.mark.slow
+def test_bundled_demo_model_follows_held_out_captions_in_int8(held_out_runs, record_property):
+    """The same caption test with the DiT in W8A8 (the CPU reference path of quant/)."""
+    check_captions_followed(held_out_runs["int8"][0], record_property, "int8")
+
+
+@pytest.mark.slow
+def test_int8_images_stay_within_30_db_of_float(held_out_runs, record_property):
+    """Issue #5's fidelity bar: INT8 vs float over 20 prompt × seed pairs, every pair ≥ 30 dB PSNR
+    (measured with the shipped weights: 40.8 dB at worst, 51 dB on average)."""
+    import numpy as np
+
+    pairs = list(zip(held_out_runs["fp32"][1], held_out_runs["int8"][1]))[:MIN_PSNR_PAIRS]
+    psnr = []
+    for float_image, int8_image in pairs:
+        a, b = np.asarray(float_image, dtype=np.float64), np.asarray(int8_image, dtype=np.float64)
+        assert a.shape == b.shape == (SIZE, SIZE, 3)
+        mse = float(((a - b) ** 2).mean())
+        psnr.append(float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse))
+    record_property("int8_psnr_db", [round(p, 1) for p in psnr])
+    print(f"INT8 vs float PSNR over {len(psnr)} pairs: min {min(psnr):.1f} dB, mean {np.mean(psnr):.1f} dB")
+    assert len(psnr) == MIN_PSNR_PAIRS
+    assert min(psnr) >= MIN_PSNR_DB, psnr

@@ -61,3 +61,18 @@ def test_an_engine_error_is_reported_then_raised(generator, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         generator.generate(GenerationRequest("x", width=64, height=64, steps=1), on_event=seen.append)
     assert isinstance(seen[-1], events.Failed) and str(seen[-1].error) == "boom"
+
+
+def test_offloading_parks_the_text_encoder_once_the_prompts_are_encoded(tiny_model_dir, monkeypatch):
+    generator = Generator(load_model(tiny_model_dir, device="cpu"), previews=False, offload_text_encoder=True)
+    encoder = generator.model.text_encoder
+    order = []
+    original_encode = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda *a, **k: order.append("encode") or original_encode(*a, **k))
+    monkeypatch.setattr(encoder, "park", lambda: order.append("park"))
+    request = GenerationRequest("a blue square", width=64, height=64, steps=2, seed=3)
+    first = generator.generate(request)
+    assert order == ["encode", "encode", "park"]  # prompt and negative, then parked before the DiT
+    generator.offload_text_encoder = False
+    assert list(generator.generate(request)[0].getdata()) == list(first[0].getdata())
+    assert order == ["encode", "encode", "park"]  # cached prompts: no encode, nothing to park

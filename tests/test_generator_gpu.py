@@ -27,3 +27,19 @@ def test_cuda_generation_matches_the_cpu(tiny_model_dir, precision, floor):
     assert value >= floor
     assert list(again.getdata()) == list(cuda.getdata())
     assert sum(1 for event in steps if type(event).__name__ == "Step" and event.preview is not None) == 6
+
+
+@pytest.mark.gpu
+def test_an_offloaded_text_encoder_waits_in_cpu_memory_and_changes_nothing(tiny_model_dir):
+    import torch
+
+    request = GenerationRequest("a red circle on the left", width=64, height=64, steps=4, seed=5, precision="fp16")
+    plain = Generator(load_model(tiny_model_dir, device="cuda"), previews=False).generate(request)[0]
+    generator = Generator(load_model(tiny_model_dir, device="cuda"), previews=False, offload_text_encoder=True)
+    encoder = generator.model.text_encoder
+    offloaded = generator.generate(request)[0]
+    assert next(encoder.model.parameters()).device.type == "cpu" and encoder.parked
+    assert list(offloaded.getdata()) == list(plain.getdata())
+    again = generator.generate(request.replace(prompt="a blue square at the top"))[0]  # brought back to encode
+    assert next(encoder.model.parameters()).device.type == "cpu"
+    assert again.size == (64, 64) and encoder.device == torch.device("cuda", 0)

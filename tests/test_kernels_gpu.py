@@ -101,14 +101,20 @@ def dit_inputs(batch: int, side: int, caption_channels: int = 2304, seed: int = 
     return latents, text, mask
 
 
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
 @pytest.mark.parametrize("config_file, image_side", [
     ("transformer_sana_1600m_1024px.json", 1024),
     ("transformer_sana_1600m_4kpx_bf16.json", 4096),
 ])
-def test_accelerated_dit_matches_the_plain_dit_at_1600m(config_file, image_side, record_property):
+def test_accelerated_dit_matches_the_plain_dit_at_1600m(config_file, image_side, precision, record_property):
+    """The fused twins against the reference modules, each in FP16, and each in W8A8 (where the
+    twins also take the quantized projections' fast path: one quantization for Q, K and V)."""
     from engine.accelerate import accelerate_dit
+    from quant import quantize_model
 
     dit = build_dit(config_file)
+    if precision == "int8":
+        quantize_model(dit)
     latents, text, mask = dit_inputs(2, image_side // 32)
     timestep = torch.tensor([999.0, 420.0], device="cuda")
     with torch.inference_mode():
@@ -185,3 +191,36 @@ def test_graph_runner_composes_with_w8a8_and_the_fused_twins(record_property):
     record_property("relative_error", error)
     print(f"W8A8 + fused, graph vs eager: relative error {error:.2e}")
     assert torch.isfinite(graphed).all() and error <= GRAPH_TOLERANCE
+
+
+@pytest.mark.parametrize("width, tokens", [(1152, 2 * 1024), (2240, 2 * 16384)])
+def test_w8a8_kernels_are_exact_at_the_dit_shapes(width, tokens, record_property):
+    """Issue #5: at the 0.6B width at 1024² and the 1.6B width at 4096², both GEMM kernels' int32
+    accumulators equal torch._int_mm's, the fused epilogue equals the reference dequantization,
+    and both quantizer paths equal the reference, element for element."""
+    from quant import int8 as ref
+    from quant import kernels
+
+    torch.manual_seed(width)
+    hidden = int(2.5 * width)
+    for n, k in ((width, width), (2 * hidden, width), (width, hidden)):
+        x = torch.randn(tokens, k, device="cuda", dtype=torch.float16) * 3
+        x[7, 5] = 900.0  # an outlier channel
+        q_ref, s_ref = ref.quantize_per_token(x)
+        for one_pass in (True, False):
+            poison_allocator(tokens * k // 2)
+            q, s = kernels.quantize_tokens(x, one_pass=one_pass)
+            assert torch.equal(q, q_ref) and torch.equal(s, s_ref.reshape(s.shape)), (n, k, one_pass)
+        weight = torch.randn(n, k, device="cuda", dtype=torch.float16) / k**0.5
+        w_q, w_scale = ref.quantize_per_channel(weight)
+        bias = torch.randn(n, device="cuda", dtype=torch.float16)
+        acc = torch._int_mm(q_ref, w_q.t())
+        want = ref.dequantize_epilogue(acc, s_ref.reshape(-1, 1), w_scale, bias, torch.float16)
+        kinds = [False] + ([True] if kernels._use_tma(q_ref, w_q) else [])
+        record_property(f"gemm_kernels_{n}x{k}", ["tma" if t else "pointer" for t in kinds])
+        for tma in kinds:
+            assert torch.equal(kernels.int8_matmul(q_ref, w_q, tma=tma), acc), (n, k, tma)
+            got = kernels.int8_gemm(q_ref, s_ref.reshape(-1, 1), w_q, w_scale, bias, torch.float16, tma=tma)
+            assert torch.equal(got, want), (n, k, tma, relative_error(got, want))
+    if torch.cuda.get_device_capability() >= (9, 0):
+        assert kinds == [False, True], "Hopper runs the TMA kernel"

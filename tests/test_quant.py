@@ -171,40 +171,57 @@ def _interpreter_measurements() -> dict:
             "elements": q.numel(),
         }
 
-    x = awkward_activations(66, 64).reshape(2, 33, 64)
-    compare("plain", kernels.quantize_tokens(x), ref.quantize_per_token(x))
-    nchw = torch.randn(2, 64, 5, 7)
-    as_tokens = nchw.permute(0, 2, 3, 1).reshape(2, 35, 64)  # strided: channels 35 apart
-    compare("plain_nchw", kernels.quantize_tokens(as_tokens), ref.quantize_per_token(as_tokens))
-    shift, scale = torch.randn(2, 64), torch.randn(2, 1, 64)
-    compare(
-        "modulate",
-        kernels.quantize_tokens(x, kernels.PRE_MODULATE, shift, scale),
-        ref.quantize_modulated_reference(x, shift, scale),
-    )
-    gated = torch.randn(2, 33, 160) * 3
-    compare("glu", kernels.quantize_tokens(gated, kernels.PRE_GLU), ref.quantize_glu_reference(gated))
-
-    gemms = {}
-    for m, n, k in ((33, 48, 64), (33, 48, 80), (70, 20, 100)):  # tiles are 32×32×32
-        a = torch.randint(-128, 128, (m, k), dtype=torch.int8)
-        w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
-        a_scale, w_scale, bias = torch.rand(m, 1) / 100, torch.rand(n) / 100, torch.randn(n)
-        acc = ref.int8_matmul_reference(a, w)
-        entry = {"int32_exact": torch.equal(kernels.int8_matmul(a, w), acc)}
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            got = kernels.int8_gemm(a, a_scale, w, w_scale, bias, dtype).float()
-            want = ref.dequantize_epilogue(acc, a_scale, w_scale, bias, dtype).float()
-            entry[str(dtype)] = {
-                "equal": torch.equal(got, want),
-                "max_rel_diff": ((got - want.double()).abs() / want.abs().clamp_min(1e-6)).max().item(),
-            }
-        entry["no_bias_equal"] = torch.equal(
-            kernels.int8_gemm(a, a_scale, w, w_scale, None, torch.float32),
-            ref.dequantize_epilogue(acc, a_scale, w_scale, None, torch.float32),
+    # Each case through both paths: a row in one tile (one read), and tiled (absmax pass, then
+    # quantize pass). 600 channels is not a power of two, so the one-pass tile has masked lanes.
+    for path, one_pass in (("one_pass", True), ("two_pass", False)):
+        x = awkward_activations(66, 64).reshape(2, 33, 64)
+        compare(f"plain_{path}", kernels.quantize_tokens(x, one_pass=one_pass), ref.quantize_per_token(x))
+        wide = awkward_activations(12, 600).reshape(2, 6, 600)
+        compare(f"wide_{path}", kernels.quantize_tokens(wide, one_pass=one_pass), ref.quantize_per_token(wide))
+        nchw = torch.randn(2, 64, 5, 7)
+        as_tokens = nchw.permute(0, 2, 3, 1).reshape(2, 35, 64)  # strided: channels 35 apart
+        compare(f"plain_nchw_{path}", kernels.quantize_tokens(as_tokens, one_pass=one_pass),
+                ref.quantize_per_token(as_tokens))
+        shift, scale = torch.randn(2, 64), torch.randn(2, 1, 64)
+        compare(
+            f"modulate_{path}",
+            kernels.quantize_tokens(x, kernels.PRE_MODULATE, shift, scale, one_pass=one_pass),
+            ref.quantize_modulated_reference(x, shift, scale),
         )
-        gemms[f"{m}x{n}x{k}"] = entry
-    results["gemm"] = gemms
+        gated = torch.randn(2, 33, 160) * 3
+        compare(f"glu_{path}", kernels.quantize_tokens(gated, kernels.PRE_GLU, one_pass=one_pass),
+                ref.quantize_glu_reference(gated))
+
+    # Both GEMM kernels: the pointer one (Ampere, Ada) and the TMA one (Hopper), whose descriptors
+    # need rows 16-byte aligned (K a multiple of 16). Tiles are 32×32×32; the TMA grid has 4
+    # persistent programs, so 70×48 (3×2 tiles) also walks more than one tile per program.
+    shapes = {"pointer": ((33, 48, 64), (33, 48, 80), (70, 20, 100)), "tma": ((33, 48, 64), (70, 48, 80), (9, 20, 112))}
+    for kernel, kernel_shapes in shapes.items():
+        tma = kernel == "tma"
+        gemms = {}
+        for m, n, k in kernel_shapes:
+            a = torch.randint(-128, 128, (m, k), dtype=torch.int8)
+            w = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+            a_scale, w_scale, bias = torch.rand(m, 1) / 100, torch.rand(n) / 100, torch.randn(n)
+            acc = ref.int8_matmul_reference(a, w)
+            entry = {"int32_exact": torch.equal(kernels.int8_matmul(a, w, tma=tma), acc)}
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                got = kernels.int8_gemm(a, a_scale, w, w_scale, bias, dtype, tma=tma).float()
+                want = ref.dequantize_epilogue(acc, a_scale, w_scale, bias, dtype).float()
+                entry[str(dtype)] = {
+                    "equal": torch.equal(got, want),
+                    "max_rel_diff": ((got - want.double()).abs() / want.abs().clamp_min(1e-6)).max().item(),
+                }
+            entry["no_bias_equal"] = torch.equal(
+                kernels.int8_gemm(a, a_scale, w, w_scale, None, torch.float32, tma=tma),
+                ref.dequantize_epilogue(acc, a_scale, w_scale, None, torch.float32),
+            )
+            gemms[f"{m}x{n}x{k}"] = entry
+        results[f"gemm_{kernel}"] = gemms
+    results["tma_chosen_for_aligned_k"] = kernels._use_tma(torch.zeros(4, 64, dtype=torch.int8),
+                                                           torch.zeros(8, 64, dtype=torch.int8))
+    results["tma_refused_for_unaligned_k"] = not kernels._use_tma(torch.zeros(4, 100, dtype=torch.int8),
+                                                                  torch.zeros(8, 100, dtype=torch.int8))
     return results
 
 
@@ -213,27 +230,36 @@ def interpreted():
     return run_interpreted(__file__, timeout=120)
 
 
-@pytest.mark.parametrize("case", ["plain", "plain_nchw", "modulate"])
-def test_triton_quantize_kernel_matches_reference_bit_for_bit(interpreted, case):
-    r = interpreted[case]
+@pytest.mark.parametrize("path", ["one_pass", "two_pass"])
+@pytest.mark.parametrize("case", ["plain", "wide", "plain_nchw", "modulate"])
+def test_triton_quantize_kernel_matches_reference_bit_for_bit(interpreted, case, path):
+    r = interpreted[f"{case}_{path}"]
     assert r["q_mismatches"] == 0 and r["scale_rel_err"] == 0.0, r
 
 
-def test_triton_glu_quantize_kernel_matches_reference_up_to_exp_rounding(interpreted):
+@pytest.mark.parametrize("path", ["one_pass", "two_pass"])
+def test_triton_glu_quantize_kernel_matches_reference_up_to_exp_rounding(interpreted, path):
     # numpy's exp and torch's may differ in the last ulp; that can move a value sitting on a
     # rounding boundary by one step, and nothing more.
-    r = interpreted["glu"]
+    r = interpreted[f"glu_{path}"]
     assert r["q_max_diff"] <= 1 and r["q_mismatches"] <= r["elements"] * 1e-3, r
     assert r["scale_rel_err"] < 1e-6, r
 
 
-def test_triton_gemm_accumulates_int32_exactly_across_block_edges(interpreted):
-    for shape, r in interpreted["gemm"].items():
+@pytest.mark.parametrize("kernel", ["pointer", "tma"])
+def test_triton_gemm_accumulates_int32_exactly_across_block_edges(interpreted, kernel):
+    assert len(interpreted[f"gemm_{kernel}"]) == 3
+    for shape, r in interpreted[f"gemm_{kernel}"].items():
         assert r["int32_exact"], shape
 
 
-def test_triton_gemm_epilogue_matches_reference_dequantization(interpreted):
-    for shape, r in interpreted["gemm"].items():
+def test_the_tma_gemm_serves_only_operands_whose_rows_it_can_address(interpreted):
+    assert interpreted["tma_chosen_for_aligned_k"] and interpreted["tma_refused_for_unaligned_k"]
+
+
+@pytest.mark.parametrize("kernel", ["pointer", "tma"])
+def test_triton_gemm_epilogue_matches_reference_dequantization(interpreted, kernel):
+    for shape, r in interpreted[f"gemm_{kernel}"].items():
         assert r["torch.float32"]["equal"] and r["torch.float16"]["equal"] and r["no_bias_equal"], (shape, r)
         # The interpreter emulates bf16 rounding crudely (no ties-to-even), hence one bf16 step
         # (2^-7 relative) rather than equality; on the GPU the cast is a true RNE.

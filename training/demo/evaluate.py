@@ -29,6 +29,7 @@ def judge_held_out(
     seeds: tuple[int, ...] = SEEDS,
     guidance: float = GUIDANCE,
     steps: int = STEPS,
+    precision: str = "fp32",
 ) -> tuple[list[ImageVerdict], list[Image.Image]]:
     """Generate each held-out caption once per seed at the model's native size; judge each image."""
     generator = Generator(model, previews=False)
@@ -38,7 +39,7 @@ def judge_held_out(
         for seed in seeds:
             request = GenerationRequest(
                 scene.caption(), width=size, height=size, steps=steps, guidance_scale=guidance, seed=seed,
-                precision="fp32",
+                precision=precision,
             )
             image = generator.generate(request)[0]
             verdicts.append(judge(image, scene))

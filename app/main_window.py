@@ -281,7 +281,8 @@ class MainWindow(QMainWindow):
             theme.apply(QApplication.instance(), self.settings["theme"])
         if self.settings["output_dir"] != before["output_dir"]:
             self.gallery.set_folder(self.settings.output_dir())
-        if (self.settings["model_path"], self.settings["device"]) != (before["model_path"], before["device"]) \
+        reload_keys = ("model_path", "device", "text_encoder_8bit")
+        if any(self.settings[key] != before[key] for key in reload_keys) \
                 or self.state.model_status in ("none", "failed"):
             self.start()
 
@@ -305,7 +306,10 @@ class MainWindow(QMainWindow):
         if state.model_status == "ready":
             self.model_label.setText(f"{state.model.name} · {state.model.native_size} px · {state.model.device}")
             self.form.set_native_size(state.model.native_size)
-            if _is_demo(state.model.path) and not self.settings["demo_notice_dismissed"]:
+            if state.model.notes:
+                self.banner.show_message("Loaded with a change: " + "; ".join(state.model.notes) + ".", "warning",
+                                         topic="model")
+            elif _is_demo(state.model.path) and not self.settings["demo_notice_dismissed"]:
                 self.banner.show_message(DEMO_NOTICE, "info", actions=[self._remedy_button(DOWNLOAD_MODEL)],
                                          topic="demo")
             elif self.banner.topic in ("model", "demo"):  # the problem it reported is solved

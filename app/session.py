@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 class Session(QObject):
     # Signals into the worker's thread: Qt queues them because the worker lives there.
-    _load_requested = Signal(str, str)
+    _load_requested = Signal(str, str, bool)
     _run_requested = Signal(object, object)
 
     def __init__(self, settings: Settings, state: AppState | None = None, engine: Engine | None = None):
@@ -54,7 +54,7 @@ class Session(QObject):
             self.state.set_model("none")
             return
         self.state.set_model("loading")
-        self._load_requested.emit(str(path), self.settings["device"])
+        self._load_requested.emit(str(path), self.settings["device"], self.settings["text_encoder_8bit"])
 
     def submit(self, request: GenerationRequest) -> Job:
         """Queue a request; its seed is fixed now, so the queue shows what will run."""

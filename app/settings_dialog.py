@@ -35,7 +35,7 @@ SECTIONS = (
     ("Model", ("model_path", "device", "precision")),
     ("Output", ("output_dir", "filename_pattern", "image_format")),
     ("Preview", ("preview_mode", "preview_every")),
-    ("Memory", ("offload_text_encoder", "vae_tiling")),
+    ("Memory", ("offload_text_encoder", "text_encoder_8bit", "vae_tiling")),
     ("Appearance", ("theme",)),
 )
 
@@ -201,5 +201,6 @@ def _title(name: str) -> str:
         "model_path": "Model", "device": "Device", "precision": "Precision", "output_dir": "Output folder",
         "filename_pattern": "File names", "image_format": "Format", "preview_mode": "Preview",
         "preview_every": "Full preview every", "offload_text_encoder": "Offload text encoder",
+        "text_encoder_8bit": "Text encoder in 8 bits",
         "vae_tiling": "VAE tiling", "theme": "Theme",
     }[name]

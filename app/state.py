@@ -23,6 +23,7 @@ class ModelInfo:
     path: str
     native_size: int
     device: str
+    notes: tuple[str, ...] = ()  # what loading chose differently from the settings, and why
 
 
 @dataclass(frozen=True)

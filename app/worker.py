@@ -76,13 +76,13 @@ class EngineWorker(QObject):
         self._model = None
         self._generator = None
 
-    @Slot(str, str)
-    def load(self, path: str, device: str) -> None:
+    @Slot(str, str, bool)
+    def load(self, path: str, device: str, text_encoder_8bit: bool = False) -> None:
         self._model = self._generator = None  # free the old model before the new one arrives
         _free_memory()
         try:
             engine = self._engine = self._engine or default_engine()
-            model = engine.load_model(path, device=device)
+            model = engine.load_model(path, device=device, text_encoder_8bit=text_encoder_8bit)
             self._generator = engine.generator(model)
             self._model = model
         except Exception as error:  # noqa: BLE001 - every failure becomes a banner, never a crash
@@ -92,7 +92,8 @@ class EngineWorker(QObject):
             _free_memory()
             self.model_failed.emit(report)
             return
-        self.model_loaded.emit(ModelInfo(model.name, str(model.path), model.native_size, str(model.device)))
+        self.model_loaded.emit(ModelInfo(model.name, str(model.path), model.native_size, str(model.device),
+                                         tuple(getattr(model, "notes", ()))))
 
     @Slot(object, object)
     def run(self, job: Job, options: RunOptions) -> None:

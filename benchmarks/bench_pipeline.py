@@ -594,6 +594,7 @@ def bench_pipeline(setup: Setup, group: DiTGroup, vae: DCAE, vae_reference: nn.M
                     note="SanaPipeline, one-pass decode")
         rows.append(entry)
         diffusers = _diffusers()
+        text_encoder.model.to(setup.device)  # an offloaded row before this one parked it in CPU memory
         pipe = diffusers.SanaPipeline(
             tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, vae=vae_reference,
             transformer=group.reference,

@@ -55,6 +55,7 @@ class SanaModel:
     scheduler_config: SchedulerConfig
     checkpoint_dtype: torch.dtype  # the DiT's dtype on disk
     precision: str = "auto"
+    notes: tuple[str, ...] = ()  # what loading chose differently from what was asked, and why
 
     @property
     def dit_config(self) -> DiTConfig:
@@ -105,8 +106,13 @@ def load_model(
     device: str = "auto",
     precision: str = "auto",
     on_progress: Callable[[str], None] | None = None,
+    text_encoder_8bit: bool = False,
 ) -> SanaModel:
-    """Load a model folder in the published diffusers layout; raise one clear error if it is not."""
+    """Load a model folder in the published diffusers layout; raise one clear error if it is not.
+
+    `text_encoder_8bit` loads Gemma-2 with bitsandbytes' 8-bit weights (CUDA only, about 2.5 GB
+    less for Gemma-2-2B); where that cannot run, it loads in 16 bits and `notes` says why.
+    """
     report = on_progress or (lambda message: None)
     root = Path(path).expanduser()
     check_layout(root)
@@ -125,12 +131,19 @@ def load_model(
         companion_dtype(precision, torch_device), looks_like_original_dcae,
         lambda state: convert_original_dcae(state, dcae_config),
     )
-    report("Loading the text encoder")
-    text_encoder = _load_text_encoder(root, torch_device, companion_dtype(precision, torch_device))
+    report("Loading the text encoder" + (" in 8 bits" if text_encoder_8bit else ""))
+    notes = []
+    eight_bit = text_encoder_8bit
+    if eight_bit and (reason := eight_bit_unavailable(torch_device)):
+        notes.append(f"the text encoder runs in 16 bits: {reason}")
+        eight_bit = False
+    text_encoder = _load_text_encoder(root, torch_device, companion_dtype(precision, torch_device), eight_bit)
+    for note in notes:
+        report(note)
     model = SanaModel(
         name=root.name, path=root, device=torch_device, dit=dit, dcae=dcae,
         text_encoder=text_encoder, scheduler_config=scheduler_config,
-        checkpoint_dtype=checkpoint_dtype, precision="auto",
+        checkpoint_dtype=checkpoint_dtype, precision="auto", notes=tuple(notes),
     )
     model.set_precision(precision)
     return model
@@ -251,7 +264,20 @@ def _load_module(
     return module.eval().requires_grad_(False)
 
 
-def _load_text_encoder(root: Path, device: torch.device, dtype: torch.dtype) -> TextEncoder:
+def eight_bit_unavailable(device: torch.device) -> str | None:
+    """Why Gemma-2 cannot load in 8 bits on `device` (bitsandbytes' LLM.int8 kernels), or None."""
+    if device.type != "cuda":
+        return f"8-bit weights need a CUDA GPU (this model runs on the {device.type})"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as error:  # ImportError, or a build without a library for this CUDA
+        return f"bitsandbytes cannot run here ({type(error).__name__}: {error})"
+    if torch.cuda.get_device_capability(device) < (7, 5):
+        return "bitsandbytes' 8-bit kernels need a GPU of compute capability 7.5 or newer"
+    return None
+
+
+def _load_text_encoder(root: Path, device: torch.device, dtype: torch.dtype, eight_bit: bool = False) -> TextEncoder:
     from transformers import AutoTokenizer, Gemma2Model
     from transformers.utils import logging as transformers_logging
 
@@ -259,7 +285,15 @@ def _load_text_encoder(root: Path, device: torch.device, dtype: torch.dtype) -> 
     folder = root / "text_encoder"
     _check_text_encoder(folder)
     try:
-        model = Gemma2Model.from_pretrained(folder, dtype=dtype).to(device)
+        if eight_bit:
+            from transformers import BitsAndBytesConfig
+
+            model = Gemma2Model.from_pretrained(
+                folder, dtype=dtype, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                device_map={"": device.index or 0},
+            )
+        else:
+            model = Gemma2Model.from_pretrained(folder, dtype=dtype).to(device)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     except OSError as error:
         raise CheckpointError(f"{root}: cannot read the text encoder or tokenizer ({error})") from None

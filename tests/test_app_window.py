@@ -564,3 +564,14 @@ def test_memory_remedies_reach_the_engine_on_retry(qtbot, open_window, remedy):
     qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)
     assert seen == expected
     assert window.settings[setting] == value
+
+
+def test_an_8bit_text_encoder_setting_on_the_cpu_loads_in_16_bits_and_says_why(qtbot, open_window):
+    window = open_window(text_encoder_8bit=True)
+    qtbot.waitUntil(lambda: window.banner.isVisible(), timeout=WAIT_MS)
+    text = window.banner.message.text()
+    assert "the text encoder runs in 16 bits" in text and "CUDA" in text
+    finished = record(window.state.job_finished)
+    window.generate()
+    qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)  # and the model works
+    assert len(output_files(window)) == 1

@@ -133,3 +133,17 @@ def test_console_script_runs_generate(tiny_model_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(output) and output.is_file()
     assert "step 2/2" in result.stderr
+
+
+def test_an_8bit_text_encoder_on_the_cpu_falls_back_to_16_bits_and_says_so(tiny_model_dir, tmp_path, capsys):
+    """bitsandbytes' 8-bit weights need CUDA: on the CPU the run goes on in 16 bits, and one line
+    says why; the image is the very one a plain run gives."""
+    plain, eight_bit = tmp_path / "plain.png", tmp_path / "eight_bit.png"
+    common = ["--model", str(tiny_model_dir), "--prompt", PROMPT, "--width", "64", "--height", "64", "--steps", "2",
+              "--seed", "3", "--device", "cpu"]
+    assert run_cli(*common, "--output", str(plain)) == 0
+    capsys.readouterr()
+    assert run_cli(*common, "--text-encoder-8bit", "--output", str(eight_bit)) == 0
+    err = capsys.readouterr().err
+    assert "the text encoder runs in 16 bits: 8-bit weights need a CUDA GPU" in err
+    assert np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(eight_bit)))

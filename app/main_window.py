@@ -44,7 +44,7 @@ from .model_manager_dialog import ModelManagerDialog
 from .naming import IMAGE_SUFFIXES
 from .request_form import RequestForm
 from .session import Session
-from .settings import BY_NAME, PENDING_NOTE, config_dir
+from .settings import config_dir
 from .settings_dialog import SettingsDialog
 from .state import Job, Progress, Result
 
@@ -388,10 +388,8 @@ class MainWindow(QMainWindow):
             reason = int8_unavailable_reason()
             return key, "Retry in INT8", reason is None, reason or ""
         if key in (failures.TILING, failures.OFFLOAD):
-            setting = "vae_tiling" if key == failures.TILING else "offload_text_encoder"
             label = "Retry with VAE tiling" if key == failures.TILING else "Retry with the text encoder offloaded"
-            pending = BY_NAME[setting].engine_pending
-            return key, label, not pending, PENDING_NOTE if pending else ""
+            return key, label, True, ""
         labels = {failures.RETRY: "Retry", failures.SETTINGS: "Settings…",
                   failures.CHOOSE_MODEL: "Choose a model folder…", DOWNLOAD_MODEL: "Download a model…"}
         return key, labels[key], True, ""

@@ -98,7 +98,9 @@ class Session(QObject):
         output = OutputOptions(self.settings.output_dir(), self.settings["filename_pattern"], suffix)
         self._run_requested.emit(job, RunOptions(output, previews=self.settings["preview_mode"] != "off",
                                                  tiling=self.settings["vae_tiling"],
-                                                 offload_text_encoder=self.settings["offload_text_encoder"]))
+                                                 offload_text_encoder=self.settings["offload_text_encoder"],
+                                                 full_preview_every=self.settings["preview_every"]
+                                                 if self.settings["preview_mode"] == "full" else 0))
 
     def _on_model_loaded(self, info: ModelInfo) -> None:
         self.state.set_model("ready", info)

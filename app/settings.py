@@ -1,8 +1,6 @@
 """The user's settings: one declared schema, stored as versioned JSON in the user config dir.
 
 Every setting is declared once below with its default and the sentence the settings dialog shows.
-Settings the engine cannot act on yet are still stored and shown, marked `engine_pending`, so a
-user's choice survives until the engine supports it; nothing pretends to apply them meanwhile.
 
 A file from an older version goes through `MIGRATIONS`; a damaged file is set aside and the
 defaults are used, because a settings file must never keep the app from starting.
@@ -31,16 +29,12 @@ SETTINGS_VERSION = 1
 # version N -> function turning a version-N `values` dict into a version N+1 one.
 MIGRATIONS: dict[int, Any] = {}
 
-PENDING_NOTE = "Applies once the engine supports it."
-
-
 @dataclass(frozen=True)
 class Setting:
     name: str
     default: Any
     description: str
     choices: tuple[tuple[Any, str], ...] = ()  # (stored value, label shown)
-    engine_pending: bool = False
 
     def accepts(self, value) -> bool:
         if self.choices:
@@ -82,11 +76,11 @@ SCHEMA = (
     ),
     Setting(
         "preview_mode", "fast",
-        "Fast: a cheap latent-to-RGB preview every step. Full: a full decode every k steps "
-        "(not in the engine yet, so it shows the fast preview). Off: no preview.",
+        "Fast: a cheap latent-to-RGB preview every step. Full: besides that, a full decode every k "
+        "steps (slower: each is a DC-AE decode). Off: no preview.",
         choices=(("fast", "Fast, every step"), ("full", "Full decode every k steps"), ("off", "Off")),
     ),
-    Setting("preview_every", 5, "k, the steps between full-decode previews.", engine_pending=True),
+    Setting("preview_every", 5, "k, the steps between full-decode previews."),
     Setting(
         "offload_text_encoder", False,
         "Move the text encoder off the GPU once the prompt is encoded, to free memory for the image.",

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 
 from .capabilities import demo_model_path, downloaded_models, int8_unavailable_reason
 from .naming import validate_pattern
-from .settings import BY_NAME, PENDING_NOTE, Settings, default_output_dir
+from .settings import BY_NAME, Settings, default_output_dir
 
 SECTIONS = (
     ("Model", ("model_path", "device", "precision")),
@@ -56,8 +56,7 @@ class SettingsDialog(QDialog):
             for name in names:
                 setting = BY_NAME[name]
                 shown, self.editors[name] = self._editor(name, settings)
-                note = setting.description + (f" <i>{PENDING_NOTE}</i>" if setting.engine_pending else "")
-                description = QLabel(note, wordWrap=True)
+                description = QLabel(setting.description, wordWrap=True)
                 description.setObjectName(f"{name}_description")
                 font = description.font()
                 font.setPointSizeF(font.pointSizeF() * 0.9)

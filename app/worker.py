@@ -57,6 +57,7 @@ class RunOptions:
     previews: bool
     tiling: str = "auto"  # the DC-AE decode: auto / always / off
     offload_text_encoder: bool = False
+    full_preview_every: int = 0  # 0: the fast preview every step; k: a full decode every k steps
 
 
 class EngineWorker(QObject):
@@ -104,6 +105,7 @@ class EngineWorker(QObject):
             self._generator.previews = options.previews  # none computed when none are shown
             self._generator.tiling = options.tiling
             self._generator.offload_text_encoder = options.offload_text_encoder
+            self._generator.full_preview_every = options.full_preview_every
         finished: list[events.Finished] = []
         ended: list[events.Cancelled] = []
         seeded = [job.request]

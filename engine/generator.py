@@ -26,18 +26,22 @@ class Generator:
 
     `cache_dir` holds what is derived from a model (the fitted preview map) when the model's own
     folder is read-only. `offload_text_encoder` parks the text encoder in CPU memory once the
-    prompts are encoded (a prompt already in the cache needs no encoder at all).
+    prompts are encoded (a prompt already in the cache needs no encoder at all). With previews on,
+    each step's preview is the fitted latent-to-RGB map of the x0 estimate (one pixel per latent
+    pixel, nearly free); `full_preview_every` = k > 0 makes every k-th one (and the last) a full
+    DC-AE decode of it instead, at the image's size.
     """
 
     def __init__(
         self, model: SanaModel, cache_dir: Path | None = None, previews: bool = True, tiling: str = "auto",
-        offload_text_encoder: bool = False,
+        offload_text_encoder: bool = False, full_preview_every: int = 0,
     ):
         self.model = model
         self.cache_dir = cache_dir
         self.previews = previews
         self.tiling = tiling  # DC-AE decode: "auto" tiles only when one pass would not fit
         self.offload_text_encoder = offload_text_encoder
+        self.full_preview_every = full_preview_every
         self.prompt_cache = PromptCache()
         self._previewer: LatentPreviewer | None = None
         self._runner = DenoiseRunner(model.dit)
@@ -82,7 +86,7 @@ class Generator:
                 emit(events.Cancelled(index))
                 return []
             velocity = runner.velocity(latents, timestep * timestep_scale, text, mask, guidance)
-            preview = previewer(latents[0] - sigma * velocity[0]) if previewer else None  # x0 estimate
+            preview = self._preview(previewer, latents[0] - sigma * velocity[0], index + 1, len(solver))
             latents = solver.step(velocity, latents)
             emit(events.Step(index + 1, len(solver), preview, time.perf_counter() - start))
 
@@ -124,6 +128,15 @@ class Generator:
         channels = self.model.dit_config.in_channels
         shape = (request.num_images, channels, request.height // 32, request.width // 32)
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.model.device)
+
+    def _preview(self, previewer: LatentPreviewer | None, x0: torch.Tensor, step: int, steps: int):
+        """The preview of step `step` of `steps` from the x0 estimate of the first image, or None."""
+        if previewer is None:
+            return None
+        every = self.full_preview_every
+        if every > 0 and (step % every == 0 or step == steps):
+            return self.decode(x0[None])[0]
+        return previewer(x0)
 
     def _preview_map(self) -> LatentPreviewer:
         if self._previewer is None:

@@ -76,3 +76,17 @@ def test_offloading_parks_the_text_encoder_once_the_prompts_are_encoded(tiny_mod
     generator.offload_text_encoder = False
     assert list(generator.generate(request)[0].getdata()) == list(first[0].getdata())
     assert order == ["encode", "encode", "park"]  # cached prompts: no encode, nothing to park
+
+
+def test_full_previews_decode_every_kth_step_and_the_last(generator):
+    generator.full_preview_every = 2
+    try:
+        seen = []
+        images = generator.generate(GenerationRequest("a blue square", width=64, height=96, steps=5, seed=2),
+                                    on_event=seen.append)
+    finally:
+        generator.full_preview_every = 0
+    sizes = [event.preview.size for event in seen if isinstance(event, events.Step)]
+    latent, full = (64 // 32, 96 // 32), (64, 96)
+    assert sizes == [latent, full, latent, full, full]  # steps 2 and 4, and the last
+    assert images[0].size == full

@@ -270,7 +270,7 @@ def eight_bit_unavailable(device: torch.device) -> str | None:
         return f"8-bit weights need a CUDA GPU (this model runs on the {device.type})"
     try:
         import bitsandbytes  # noqa: F401
-    except Exception as error:  # ImportError, or a build without a library for this CUDA
+    except Exception as error:  # noqa: BLE001 - ImportError, or a build without a library for this CUDA
         return f"bitsandbytes cannot run here ({type(error).__name__}: {error})"
     if torch.cuda.get_device_capability(device) < (7, 5):
         return "bitsandbytes' 8-bit kernels need a GPU of compute capability 7.5 or newer"

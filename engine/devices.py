@@ -16,7 +16,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device 'cuda' was asked for, but this machine has no usable CUDA GPU; use --device cpu")
+        raise DeviceError("device 'cuda' was asked for, but this machine has no usable CUDA GPU (the CPU can run the model instead)")
     return torch.device(name)
 
 

@@ -145,7 +145,8 @@ def _conv_glu_kernel(
 TILE = (8, 32, 64, 4)
 # The kernel is latency-bound: 160 registers a thread leave room for 12 warps an SM (ncu, 1.6B at
 # 4096²: 37% of DRAM bandwidth, 51% of issue slots). Capped at 128 it runs 0.77 ms instead of 0.86
-# there, but 0.033 instead of 0.031 ms at 1024² (H100), so the cap is for large images only.
+# there, but 0.033 instead of 0.031 ms at 1024² (H100), so the cap is for large images only: from a
+# 64×64 latent (2048², not measured) up.
 MAX_REGISTERS, CAP_FROM_PIXELS = 128, 64 * 64
 
 

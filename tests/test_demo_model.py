@@ -168,3 +168,39 @@ def test_int8_images_stay_within_30_db_of_float(held_out_runs, record_property):
     print(f"INT8 vs float PSNR over {len(psnr)} pairs: min {min(psnr):.1f} dB, mean {np.mean(psnr):.1f} dB")
     assert len(psnr) == MIN_PSNR_PAIRS
     assert min(psnr) >= MIN_PSNR_DB, psnr
+
+
+def test_a_perfect_autoencoder_scores_every_shape_right():
+    """The autoencoder's own score (logged by training after its stage) is the checker on
+    encode → decode: with an identity in place of the autoencoder it must be 100%."""
+    from torch import nn
+
+    from training.demo.evaluate import judge_reconstructions
+
+    class Identity(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.anchor = nn.Parameter(torch.zeros(1))  # device and dtype for the renders
+
+        def encode(self, images):
+            return images
+
+        def decode(self, latents):
+            return latents
+
+    summary = judge_reconstructions(Identity(), SIZE, scenes=24)
+    assert summary["objects"] >= 24 and summary["shape_fraction"] == 1.0 and summary["placed_fraction"] == 1.0
+    assert sum(total for _, total in summary["shapes_right_by_shape"].values()) == summary["objects"]
+
+
+def test_the_bundled_autoencoder_keeps_colours_positions_and_most_shapes(demo_model, record_property):
+    """Measured with the shipped weights: placed 100%, backgrounds 100%, shapes 80% (24 of the 25
+    misses are stars: their points are lost). The shape goal of issue #3 needs this ceiling
+    raised first."""
+    from training.demo.evaluate import judge_reconstructions
+
+    summary = judge_reconstructions(demo_model.dcae, SIZE, scenes=64)
+    record_property("autoencoder_alone", summary)
+    print(f"bundled autoencoder alone: {summary}")
+    assert summary["placed_fraction"] >= MIN_PLACED and summary["background_fraction"] >= MIN_BACKGROUNDS
+    assert summary["shape_fraction"] >= 0.75, summary

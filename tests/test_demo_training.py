@@ -184,6 +184,8 @@ def test_quick_run_trains_exports_and_the_engine_generates_from_it(quick_run):
     assert [e["step"] for e in log["ae"]] == [1, 2, 3] and [e["step"] for e in log["dit"]] == [1, 2, 3]
     assert all(0 < e["loss"] < 100 for e in log["ae"] + log["dit"])
     assert log["scaling_factor"] > 0
+    judged = log["autoencoder_eval"]  # the autoencoder's own score, logged when its stage ends
+    assert judged["images"] == 4 and 0.0 <= judged["shape_fraction"] <= 1.0
     model = load_model(out / train.MODEL_FOLDER, device="cpu")
     assert model.native_size == 64
     assert model.scheduler_config.flow_shift == train.Plan().flow_shift

@@ -47,8 +47,38 @@ def judge_held_out(
     return verdicts, images
 
 
+def judge_reconstructions(dcae, size: int, scenes: int = 64, seed: int = 0) -> dict:
+    """The autoencoder alone: ground-truth renders of held-out and training scenes through
+    encode → decode, judged like generated images. What it loses (a star's points, a square's
+    corners) no DiT can put back, so this is the ceiling of the held-out scores."""
+    import random
+
+    import torch
+
+    from .scenes import render_scenes, sample_scene
+
+    rng = random.Random(f"reconstructions-{seed}")
+    half = scenes // 2
+    chosen = held_out_scenes(half, seed) + [sample_scene(rng) for _ in range(scenes - half)]
+    parameter = next(dcae.parameters())
+    images = render_scenes(chosen, size, rng).to(parameter.device, parameter.dtype)
+    with torch.no_grad():
+        reconstructed = dcae.decode(dcae.encode(images)).float().clamp(-1, 1)
+    pixels = ((reconstructed + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    summary = report([judge(image, scene) for image, scene in zip(pixels, chosen)])
+    summary.pop("images_detail")
+    return summary
+
+
 def report(verdicts: list[ImageVerdict]) -> dict:
-    """The summary plus, per image, what was asked and what was found: for logs and failures."""
+    """The summary, the shapes read right per shape, and, per image, what was asked and what was
+    found: for logs and failures."""
+    by_shape: dict[str, list[int]] = {}
+    for verdict in verdicts:
+        for o in verdict.objects:
+            right_total = by_shape.setdefault(o.object.shape, [0, 0])
+            right_total[0] += bool(o.shape_right)
+            right_total[1] += 1
     details = []
     for verdict in verdicts:
         details.append({
@@ -60,7 +90,7 @@ def report(verdicts: list[ImageVerdict]) -> dict:
                 for o in verdict.objects
             ],
         })
-    return {**summarize(verdicts), "images_detail": details}
+    return {**summarize(verdicts), "shapes_right_by_shape": by_shape, "images_detail": details}
 
 
 def contact_sheet(images: list[Image.Image], columns: int, path: Path) -> None:

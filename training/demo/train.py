@@ -234,6 +234,7 @@ class Run:
             self._set_scaling_factor(self._measure_scaling_factor())
             self.log["scaling_factor"] = self.scaling_factor
             print(f"scaling factor {self.scaling_factor:.5f}")
+            self._judge_autoencoder()
             self.stage, self.step = "dit", 0
             self._save()
         if self.stage == "dit" and not self._train("dit"):
@@ -403,6 +404,17 @@ class Run:
                     "minutes": round(self.minutes, 3)}
         export_model(folder, self.ema_dit, self.dcae, self.ema_gemma, self.tokenizer, self.plan.flow_shift, training)
         return folder
+
+    def _judge_autoencoder(self) -> None:
+        """The autoencoder's own shape score, before the DiT trains on its latents."""
+        from .evaluate import judge_reconstructions
+
+        was_training = self.dcae.training
+        summary = judge_reconstructions(self.dcae.eval(), self.preset.image_size, scenes=4 if self.args.quick else 64)
+        self.dcae.train(was_training)
+        self.log["autoencoder_eval"] = summary
+        print(f"autoencoder alone: shapes right {summary['shape_fraction']:.1%} "
+              f"(by shape, right/total: {summary['shapes_right_by_shape']})", flush=True)
 
     def _evaluate(self, folder: Path) -> None:
         from engine.model import load_model

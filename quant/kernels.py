@@ -57,6 +57,23 @@ def _load_pre_op(
 
 
 @triton.jit
+def _inverse_scale(absmax, s_ptr, token, t_mask):
+    """Store each token's scale, absmax / 127; return 127 / absmax, what its values are multiplied by."""
+    absmax = tl.maximum(absmax, _MIN_ABSMAX)
+    tl.store(s_ptr + token, tl.math.div_rn(absmax, _QMAX), mask=t_mask)
+    return tl.math.div_rn(tl.zeros_like(absmax) + _QMAX, absmax)
+
+
+@triton.jit
+def _store_quantized(v, inv, q_ptr, token, offs_c, t_mask, C):
+    """v · inv rounded to the nearest integer, ties to even as torch.round, stored as int8."""
+    y = v * inv[:, None]
+    y = (y + _ROUND_MAGIC) - _ROUND_MAGIC
+    q = tl.minimum(tl.maximum(y, -_QMAX), _QMAX).to(tl.int8)
+    tl.store(q_ptr + token[:, None] * C + offs_c[None, :], q, mask=t_mask[:, None] & (offs_c < C)[None, :])
+
+
+@triton.jit
 def _quantize_tokens_kernel(
     x_ptr, shift_ptr, scale_ptr, q_ptr, s_ptr,
     T, C,
@@ -73,36 +90,23 @@ def _quantize_tokens_kernel(
         offs_c = tl.arange(0, BLOCK_C)
         v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
                          stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
-        absmax = tl.maximum(tl.max(tl.abs(v), axis=1), _MIN_ABSMAX)
-        inv = tl.math.div_rn(tl.full([BLOCK_T], _QMAX, tl.float32), absmax)
-        tl.store(s_ptr + token, tl.math.div_rn(absmax, _QMAX), mask=t_mask)
-        y = v * inv[:, None]
-        y = (y + _ROUND_MAGIC) - _ROUND_MAGIC
-        q = tl.minimum(tl.maximum(y, -_QMAX), _QMAX).to(tl.int8)
-        tl.store(q_ptr + token[:, None] * C + offs_c[None, :], q, mask=t_mask[:, None] & (offs_c < C)[None, :])
-        return
-
-    # Wider rows: two passes (absmax, then quantize); the second read of a BLOCK_T × C tile
-    # mostly hits L2.
-    absmax = tl.zeros([BLOCK_T], dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
-                         stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
-        absmax = tl.maximum(absmax, tl.max(tl.abs(v), axis=1))
-    absmax = tl.maximum(absmax, _MIN_ABSMAX)
-    inv = tl.math.div_rn(tl.full([BLOCK_T], _QMAX, tl.float32), absmax)
-
-    tl.store(s_ptr + token, tl.math.div_rn(absmax, _QMAX), mask=t_mask)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
-                         stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
-        y = v * inv[:, None]
-        y = (y + _ROUND_MAGIC) - _ROUND_MAGIC
-        q = tl.minimum(tl.maximum(y, -_QMAX), _QMAX).to(tl.int8)
-        mask = t_mask[:, None] & (offs_c < C)[None, :]
-        tl.store(q_ptr + token[:, None] * C + offs_c[None, :], q, mask=mask)
+        inv = _inverse_scale(tl.max(tl.abs(v), axis=1), s_ptr, token, t_mask)
+        _store_quantized(v, inv, q_ptr, token, offs_c, t_mask, C)
+    else:
+        # Wider rows: two passes (absmax, then quantize); the second read of a BLOCK_T × C tile
+        # mostly hits L2.
+        absmax = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
+                             stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
+            absmax = tl.maximum(absmax, tl.max(tl.abs(v), axis=1))
+        inv = _inverse_scale(absmax, s_ptr, token, t_mask)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
+                             stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
+            _store_quantized(v, inv, q_ptr, token, offs_c, t_mask, C)
 
 
 def quantize_tokens(
@@ -320,6 +324,11 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.cache
+def _has_tma(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)  # Hopper and newer
+
+
 def _tma_fits(t: torch.Tensor) -> bool:
     """TMA reads rows whose start addresses are 16-byte aligned, elements contiguous."""
     return t.stride(1) == 1 and t.stride(0) % 16 == 0 and t.data_ptr() % 16 == 0
@@ -328,7 +337,7 @@ def _tma_fits(t: torch.Tensor) -> bool:
 def _use_tma(a: torch.Tensor, w: torch.Tensor) -> bool:
     if not (_tma_fits(a) and _tma_fits(w)):
         return False
-    return _INTERPRET or torch.cuda.get_device_capability(a.device) >= (9, 0)
+    return _INTERPRET or _has_tma(a.device.index)
 
 
 def _launch_gemm(a, w, out, a_scale, w_scale, bias, epilogue: bool, tma: bool | None = None) -> torch.Tensor:

@@ -132,18 +132,16 @@ def load_model(
         lambda state: convert_original_dcae(state, dcae_config),
     )
     report("Loading the text encoder" + (" in 8 bits" if text_encoder_8bit else ""))
-    notes = []
-    eight_bit = text_encoder_8bit
-    if eight_bit and (reason := eight_bit_unavailable(torch_device)):
-        notes.append(f"the text encoder runs in 16 bits: {reason}")
-        eight_bit = False
-    text_encoder = _load_text_encoder(root, torch_device, companion_dtype(precision, torch_device), eight_bit)
+    reason = eight_bit_unavailable(torch_device) if text_encoder_8bit else None
+    notes = (f"the text encoder runs in 16 bits: {reason}",) if reason else ()
+    text_encoder = _load_text_encoder(root, torch_device, companion_dtype(precision, torch_device),
+                                      text_encoder_8bit and not reason)
     for note in notes:
         report(note)
     model = SanaModel(
         name=root.name, path=root, device=torch_device, dit=dit, dcae=dcae,
         text_encoder=text_encoder, scheduler_config=scheduler_config,
-        checkpoint_dtype=checkpoint_dtype, precision="auto", notes=tuple(notes),
+        checkpoint_dtype=checkpoint_dtype, precision="auto", notes=notes,
     )
     model.set_precision(precision)
     return model

@@ -94,7 +94,7 @@ class EngineWorker(QObject):
             self.model_failed.emit(report)
             return
         self.model_loaded.emit(ModelInfo(model.name, str(model.path), model.native_size, str(model.device),
-                                         tuple(getattr(model, "notes", ()))))
+                                         model.notes))
 
     @Slot(object, object)
     def run(self, job: Job, options: RunOptions) -> None:

@@ -28,8 +28,8 @@ class Generator:
     folder is read-only. `offload_text_encoder` parks the text encoder in CPU memory once the
     prompts are encoded (a prompt already in the cache needs no encoder at all). With previews on,
     each step's preview is the fitted latent-to-RGB map of the x0 estimate (one pixel per latent
-    pixel, nearly free); `full_preview_every` = k > 0 makes every k-th one (and the last) a full
-    DC-AE decode of it instead, at the image's size.
+    pixel, nearly free); `full_preview_every` = k > 0 makes every k-th one a full DC-AE decode of
+    it instead, at the image's size (never the last step's: the finished image is decoded next).
     """
 
     def __init__(
@@ -134,7 +134,7 @@ class Generator:
         if previewer is None:
             return None
         every = self.full_preview_every
-        if every > 0 and (step % every == 0 or step == steps):
+        if every > 0 and step % every == 0 and step < steps:
             return self.decode(x0[None])[0]
         return previewer(x0)
 

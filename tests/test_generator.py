@@ -88,5 +88,5 @@ def test_full_previews_decode_every_kth_step_and_the_last(generator):
         generator.full_preview_every = 0
     sizes = [event.preview.size for event in seen if isinstance(event, events.Step)]
     latent, full = (64 // 32, 96 // 32), (64, 96)
-    assert sizes == [latent, full, latent, full, full]  # steps 2 and 4, and the last
+    assert sizes == [latent, full, latent, full, latent]  # steps 2 and 4; the last one's image is the result
     assert images[0].size == full

@@ -57,6 +57,7 @@ def test_an_8bit_text_encoder_loads_through_bitsandbytes_and_draws_the_same_pict
     model = load_model(tiny_model_dir, device="cuda", text_encoder_8bit=True)
     assert model.notes == () and model.text_encoder.model.is_loaded_in_8bit
     model.text_encoder.park()  # 8-bit weights cannot move: parking leaves them, and says nothing
+    assert not model.text_encoder.parked
     image = Generator(model, previews=False, offload_text_encoder=True).generate(request)[0]
     value = psnr(image, plain)
     print(f"8-bit text encoder vs 16-bit: PSNR {value:.1f} dB")

@@ -82,6 +82,11 @@ class TextEncoder:
 
         with_instruction: True for the positive prompt, False for the negative/unconditional one.
         """
+        return self.embed(self.tokenize(prompts, with_instruction))
+
+    def tokenize(self, prompts: list[str], with_instruction: bool) -> dict[str, Tensor]:
+        """Token ids and mask on the CPU, padded to the fixed length; no model involved, so a
+        trainer can tokenize the next batch in a thread while the GPU runs this one."""
         texts = [p.lower().strip() for p in prompts]
         if with_instruction:
             texts = [self.instruction + t for t in texts]
@@ -97,12 +102,17 @@ class TextEncoder:
             add_special_tokens=True,
             return_tensors="pt",
         )
+        return {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+
+    def embed(self, tokens: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """`tokenize`'s output through Gemma; gradients flow where enabled (encode turns them off)."""
         if self.parked:
             self.model.to(self.device)
-        ids = tokens.input_ids.to(self.device)
-        mask = tokens.attention_mask.to(self.device)
+        ids = tokens["input_ids"].to(self.device)
+        mask = tokens["attention_mask"].to(self.device)
         hidden = self.model(ids, attention_mask=mask).last_hidden_state
         # BOS + the last max_length - 1 positions: drops the CHI (SANA paper §3.1; diffusers parity).
+        length = ids.shape[1]
         keep = [0, *range(length - self.max_length + 1, length)]
         return hidden[:, keep], mask[:, keep]
 

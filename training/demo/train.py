@@ -190,7 +190,6 @@ class Run:
         compiled = torch.compile if self.cuda and self.args.compile else (lambda f: f)
         self.dit_forward = compiled(self.dit)
         self.encode_images, self.decode_latents = compiled(self.dcae.encode), compiled(self.dcae.decode)
-        self._empty_tokens = self.text.tokenize([""], with_instruction=False)
 
     def _resume(self, state: dict) -> None:
         self.plan = Plan(**state["plan"])
@@ -373,7 +372,7 @@ class Run:
         if kept:
             parts.append(encode_with_grad(self.text, [captions[i] for i in kept], with_instruction=True))
         if empties:
-            text, mask = self.text.embed(self._empty_tokens)
+            text, mask = encode_with_grad(self.text, [""], with_instruction=False)
             parts.append((text.expand(len(empties), -1, -1), mask.expand(len(empties), -1)))
         back = torch.argsort(torch.tensor(kept + empties, device=self.device))  # to the captions' order
         return torch.cat([t for t, _ in parts])[back], torch.cat([m for _, m in parts])[back]
@@ -505,11 +504,21 @@ def initialize_gemma(gemma: nn.Module) -> None:
 
 
 def encode_with_grad(encoder: TextEncoder, prompts: list[str], with_instruction: bool):
-    """`TextEncoder.encode` with gradients: the same tokenization, instruction and token selection.
+    """`TextEncoder.encode` with gradients, wherever its mask is 1 (all the DiT reads): the same
+    tokens, instruction and window, but Gemma runs only as far as the longest prompt of the batch.
 
-    encode() is the inference path and runs under no_grad; these are its two halves without it.
+    Prompts are padded on the right to the instruction's length + 298 tokens, so with the demo's
+    205-token instruction a caption of ~20 tokens leaves ~280 of padding that Gemma would also run.
+    Causal attention keeps the real tokens' states independent of the padding after them, and the
+    DiT's cross-attention masks padding out, so positions past the longest prompt come back as zeros.
     """
-    return encoder.embed(encoder.tokenize(prompts, with_instruction))
+    tokens = encoder.tokenize(prompts, with_instruction)
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    length, used = ids.shape[1], int(mask.sum(1).max())  # right padding: the longest prompt's count
+    hidden = encoder.model(ids[:, :used].to(encoder.device), attention_mask=mask[:, :used].to(encoder.device))
+    hidden = F.pad(hidden.last_hidden_state, (0, 0, 0, length - used))
+    keep = [0, *range(length - encoder.max_length + 1, length)]  # as TextEncoder.embed keeps
+    return hidden[:, keep], mask[:, keep].to(encoder.device)
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, background: torch.Tensor) -> torch.Tensor:

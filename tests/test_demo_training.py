@@ -158,6 +158,22 @@ def test_training_text_path_is_the_engine_encoder_with_gradients(tokenizer):
         assert encoder.model.embed_tokens.weight.grad.abs().sum() > 0
 
 
+def test_caption_tokenizer_gives_the_engine_tokens_of_grammar_captions(tokenizer):
+    from transformers import Gemma2Config, Gemma2Model
+
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0)
+    encoder = TextEncoder(Gemma2Model(config), tokenizer)
+    rng = random.Random(7)
+    captions = [sample_scene(rng).caption() for _ in range(400)] + ["A Large RED Star in the center, on a blue background "]
+    fast = train.CaptionTokenizer(encoder)
+    encoder.tokenize([""], with_instruction=False)  # leaves padding to 300 set on transformers' tokenizer
+    fast = fast(captions)
+    engine = encoder.tokenize(captions, with_instruction=True)
+    assert torch.equal(fast["input_ids"], engine["input_ids"])
+    assert torch.equal(fast["attention_mask"], engine["attention_mask"])
+
+
 def test_caption_dropout_puts_the_unconditional_prompt_in_its_place(tmp_path):
     args = train._parse(["--quick", "--device", "cpu", "--out", str(tmp_path)])
     run = train.Run(args)

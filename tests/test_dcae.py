@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from engine.dcae import DCAE, DCAEConfig
 from engine.errors import CheckpointError, ConfigError
 from engine.original_dcae import convert_original_dcae, looks_like_original_dcae
+from tests.numerics import rel_err
 
 PUBLISHED = Path(__file__).parents[1] / "engine" / "published_configs" / "vae_dc-ae-f32c32-sana-1.0.json"
 
@@ -36,10 +37,6 @@ TINY = {
     "scaling_factor": 0.41407,
 }
 HEIGHT, WIDTH = 64, 96  # non-square; the deepest stage sees 2×3 positions
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from engine.generator import Generator
 from engine.model import load_model
 from engine.request import GenerationRequest
 from engine.text_encoder import TextEncoder, instruction_lines
+from tests.numerics import rel_err
 from training.demo import train
 from training.demo.export import _storage
 from training.demo.scenes import (
@@ -40,11 +41,6 @@ WEIGHTS = {
     "vae": "diffusion_pytorch_model.safetensors",
     "text_encoder": "model.safetensors",
 }
-
-
-def rel_err(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    ours, reference = ours.double(), reference.double()
-    return ((ours - reference).norm() / reference.norm()).item()
 
 
 @pytest.fixture(scope="module")

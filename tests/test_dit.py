@@ -20,6 +20,8 @@ from engine.original_dit import convert_original_dit, looks_like_original_dit
 diffusers = pytest.importorskip("diffusers")
 from diffusers import SanaTransformer2DModel  # noqa: E402
 
+from tests.numerics import rel_err
+
 PARITY_TOLERANCE = 1e-5
 PUBLISHED = Path(__file__).resolve().parents[1] / "engine" / "published_configs"
 PUBLISHED_FILES = sorted(PUBLISHED.glob("transformer_*.json"))
@@ -30,10 +32,6 @@ TINY = dict(
     num_cross_attention_heads=2, cross_attention_head_dim=32, cross_attention_dim=64,
     caption_channels=48, sample_size=8,
 )
-
-
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def tiny_reference(tmp_path: Path, **overrides) -> tuple[SanaTransformer2DModel, DiTConfig]:
@@ -66,7 +64,7 @@ def compare_with_diffusers(reference: SanaTransformer2DModel, config: DiTConfig,
         expected = reference(latents, text, timestep, encoder_attention_mask=text_mask).sample
         got = ours(latents, timestep, text, text_mask)
     assert got.shape == expected.shape == (2, 32, h, w)
-    return relative_error(got, expected)
+    return rel_err(got, expected)
 
 
 # 1. numerical parity -------------------------------------------------------------------------
@@ -108,8 +106,8 @@ def test_text_mask_hides_padding_tokens(tmp_path):
     changed_kept[1, :3] += 10.0
     with torch.no_grad():
         base = model(latents, timestep, text, text_mask)
-        assert relative_error(model(latents, timestep, changed_padding, text_mask), base) < 1e-6
-        assert relative_error(model(latents, timestep, changed_kept, text_mask), base) > 1e-3
+        assert rel_err(model(latents, timestep, changed_padding, text_mask), base) < 1e-6
+        assert rel_err(model(latents, timestep, changed_kept, text_mask), base) > 1e-3
 
 
 def test_output_is_in_the_latents_dtype_and_model_computes_in_its_own(tmp_path):
@@ -123,7 +121,7 @@ def test_output_is_in_the_latents_dtype_and_model_computes_in_its_own(tmp_path):
         half = model(latents, timestep, text, text_mask)
     assert half.dtype == torch.float32
     assert model(latents.bfloat16(), timestep, text, text_mask).dtype == torch.bfloat16
-    error = relative_error(half, full)
+    error = rel_err(half, full)
     print(f"bf16 vs fp32 relative error {error:.2e}")
     assert error < 3e-2
 
@@ -338,11 +336,11 @@ def test_linear_attention_output_is_clamped_to_fp16_range_in_fp32(tmp_path):
     x = torch.randn(2, 16, config.inner_dim)
     with torch.no_grad():
         before = quadratic_relu_attention(attention, x)
-        assert relative_error(attention(x), before) < 1e-5  # in range: the ones-pad form is exact
+        assert rel_err(attention(x), before) < 1e-5  # in range: the ones-pad form is exact
         attention.to_out[0].weight.mul_(1e6)  # now far beyond 65504
         unclamped = quadratic_relu_attention(attention, x)
         out = attention(x)
     assert out.dtype == torch.float32
     assert unclamped.abs().max() > 2 * 65504.0 and (unclamped.abs() > 65504.0).any(dim=-1).all()
     assert out.abs().max() == 65504.0
-    assert relative_error(out, unclamped.clamp(-65504.0, 65504.0)) < 1e-5
+    assert rel_err(out, unclamped.clamp(-65504.0, 65504.0)) < 1e-5

@@ -10,13 +10,10 @@ import pytest
 import torch
 
 from engine.dit import DiTConfig, LinearDiT
+from tests.numerics import rel_err
 
 CONFIGS = Path(__file__).resolve().parents[1] / "engine" / "published_configs"
 TOLERANCE = 1e-2  # fp16 vs fp16: both round differently; fp32 accumulation keeps it near 1e-3
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((ours.double() - reference.double()).norm() / reference.double().norm()).item()
 
 
 @pytest.mark.gpu
@@ -47,7 +44,7 @@ def test_dit_1600m_fp16_matches_diffusers_on_cuda(config_file, side, record_prop
         expected = reference(x, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=timestep,
                              return_dict=False)[0]
         got = ours(x, timestep, text, mask)
-    error = relative_error(got, expected)
+    error = rel_err(got, expected)
     record_property("relative_error", error)
     print(f"{config_file} {side}²: relative error fp16 ours vs diffusers = {error:.2e}")
     assert torch.isfinite(got).all()

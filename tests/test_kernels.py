@@ -17,14 +17,10 @@ import pytest
 import torch
 
 from engine.dit import DiTConfig, LinearDiT
+from tests.numerics import rel_err
 from tests.triton_interpreter import run_interpreted
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def rel_err(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    ours, reference = ours.double(), reference.double()
-    return ((ours - reference).norm() / reference.norm()).item()
 
 
 def tiny_dit(seed: int = 0, **overrides) -> LinearDiT:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from engine.dit import DiTConfig, LinearDiT
+from tests.numerics import rel_err
 
 CONFIGS = Path(__file__).resolve().parents[1] / "engine" / "published_configs"
 KERNEL_TOLERANCE = 1e-3  # fp16 kernel vs its reference on fp32-upcast inputs: one output rounding
@@ -25,10 +26,6 @@ pytestmark = pytest.mark.gpu
 SHAPES = {"600m_1024": (2, 32, 1152, 36, 2880), "1600m_4096": (2, 128, 2240, 70, 5600)}
 
 
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((ours.double() - reference.double()).norm() / reference.double().norm()).item()
-
-
 def poison_allocator(numel: int) -> None:
     """Leave NaNs where the next allocation of this size will land, so an unwritten output shows."""
     torch.empty(numel, dtype=torch.float16, device="cuda").fill_(float("nan"))
@@ -39,7 +36,7 @@ def upcast(*tensors):
 
 
 def check(record_property, name, got, want):
-    error = relative_error(got, want)
+    error = rel_err(got, want)
     record_property(name, error)
     print(f"{name}: relative error {error:.2e}")
     assert torch.isfinite(got).all(), name
@@ -121,7 +118,7 @@ def test_accelerated_dit_matches_the_plain_dit_at_1600m(config_file, image_side,
         expected = dit(latents.half(), timestep, text, mask)
         report = accelerate_dit(dit)
         got = dit(latents.half(), timestep, text, mask)
-    error = relative_error(got, expected)
+    error = rel_err(got, expected)
     record_property("relative_error", error)
     print(f"{config_file} {image_side}²: accelerated vs plain, relative error {error:.2e}; {report}")
     assert report.fused_total == 3 * dit.config.num_layers
@@ -156,7 +153,7 @@ def test_graph_runner_gives_the_eager_velocities(record_property):
     runner, pairs = eager_and_graph_velocities(dit, runs)
     assert len(runner._graphs) == 2
     for i, (graphed, eager) in enumerate(pairs):
-        error = relative_error(graphed, eager)
+        error = rel_err(graphed, eager)
         record_property(f"step_{i}", error)
         print(f"graph vs eager, call {i}: relative error {error:.2e}, identical: {torch.equal(graphed, eager)}")
         assert error <= GRAPH_TOLERANCE
@@ -172,7 +169,7 @@ def test_graph_runner_keeps_the_position_table_of_each_size_alive(record_propert
     runs = [(big[:1], 700.0, text, mask, 4.5), (small, 700.0, text, mask, 4.5), (big[:1], 300.0, text, mask, 4.5)]
     _, pairs = eager_and_graph_velocities(dit, runs)
     for i, (graphed, eager) in enumerate(pairs):
-        error = relative_error(graphed, eager)
+        error = rel_err(graphed, eager)
         record_property(f"call_{i}", error)
         assert error <= GRAPH_TOLERANCE, (i, error)
 
@@ -187,7 +184,7 @@ def test_graph_runner_composes_with_w8a8_and_the_fused_twins(record_property):
     latents, text, mask = dit_inputs(2, 32)
     _, pairs = eager_and_graph_velocities(dit, [(latents[:1], 600.0, text, mask, 4.5)])
     graphed, eager = pairs[0]
-    error = relative_error(graphed, eager)
+    error = rel_err(graphed, eager)
     record_property("relative_error", error)
     print(f"W8A8 + fused, graph vs eager: relative error {error:.2e}")
     assert torch.isfinite(graphed).all() and error <= GRAPH_TOLERANCE
@@ -221,6 +218,6 @@ def test_w8a8_kernels_are_exact_at_the_dit_shapes(width, tokens, record_property
         for tma in kinds:
             assert torch.equal(kernels.int8_matmul(q_ref, w_q, tma=tma), acc), (n, k, tma)
             got = kernels.int8_gemm(q_ref, s_ref.reshape(-1, 1), w_q, w_scale, bias, torch.float16, tma=tma)
-            assert torch.equal(got, want), (n, k, tma, relative_error(got, want))
+            assert torch.equal(got, want), (n, k, tma, rel_err(got, want))
     if torch.cuda.get_device_capability() >= (9, 0):
         assert kinds == [False, True], "Hopper runs the TMA kernel"

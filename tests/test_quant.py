@@ -16,14 +16,10 @@ from torch import nn
 
 import quant
 from quant import int8 as ref
+from tests.numerics import rel_err
 from tests.triton_interpreter import run_interpreted
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def rel_err(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    ours, reference = ours.double(), reference.double()
-    return ((ours - reference).norm() / reference.norm()).item()
 
 
 def awkward_activations(rows: int = 64, channels: int = 256) -> torch.Tensor:

@@ -11,6 +11,7 @@ from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteSchedul
 from engine.errors import ConfigError, RequestError
 from engine.solver import SchedulerConfig, make_solver
 from resources import ROOT
+from tests.numerics import rel_err
 
 TOLERANCE = 1e-5  # relative error per step, fp32
 STEPS = (1, 2, 3, 14, 20)
@@ -30,10 +31,6 @@ def fake_velocity(x: torch.Tensor, timestep: float) -> torch.Tensor:
     """Smooth, nonlinear in x and t, so every coefficient of a step shows in the result."""
     t = timestep / 1000
     return torch.tanh(1.5 * x) * (0.5 + t) + 0.3 * torch.sin(3 * x + 2 * t) - 0.2 * x * t
-
-
-def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def trajectories(solver, scheduler, x: torch.Tensor):

@@ -111,10 +111,13 @@ class TextEncoder:
         ids = tokens["input_ids"].to(self.device)
         mask = tokens["attention_mask"].to(self.device)
         hidden = self.model(ids, attention_mask=mask).last_hidden_state
-        # BOS + the last max_length - 1 positions: drops the CHI (SANA paper §3.1; diffusers parity).
-        length = ids.shape[1]
-        keep = [0, *range(length - self.max_length + 1, length)]
+        keep = self.kept_positions(ids.shape[1])
         return hidden[:, keep], mask[:, keep]
+
+    def kept_positions(self, length: int) -> list[int]:
+        """Which of a tokenized sequence's `length` positions the DiT reads: BOS and the last
+        max_length − 1, which drops the CHI (SANA paper §3.1; diffusers parity)."""
+        return [0, *range(length - self.max_length + 1, length)]
 
 
 def _pinned(t: Tensor) -> Tensor:

@@ -553,7 +553,7 @@ def embed_with_grad(encoder: TextEncoder, tokens: dict[str, torch.Tensor]):
     length, used = ids.shape[1], int(mask.sum(1).max())  # right padding: the longest prompt's count
     hidden = encoder.model(ids[:, :used].to(encoder.device), attention_mask=mask[:, :used].to(encoder.device))
     hidden = F.pad(hidden.last_hidden_state, (0, 0, 0, length - used))
-    keep = [0, *range(length - encoder.max_length + 1, length)]  # as TextEncoder.embed keeps
+    keep = encoder.kept_positions(length)
     return hidden[:, keep], mask[:, keep].to(encoder.device)
 
 

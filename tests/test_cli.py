@@ -13,14 +13,10 @@ from PIL import Image
 
 from app.cli import main
 from engine.text_encoder import instruction_lines
+from tests.numerics import psnr
 
 PROMPT = "A Small Red Circle on the left and a large blue square on the right"
 NEGATIVE = "a black background"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def reference_images(model_dir, width, height, steps, guidance, seed, num_images=1, solver="dpm"):

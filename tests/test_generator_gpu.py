@@ -1,16 +1,11 @@
 """On a CUDA GPU: the whole Generator (fused DiT, CUDA-graph runner, tiled decode) against the CPU."""
 
-import numpy as np
 import pytest
 
 from engine.generator import Generator
 from engine.model import load_model
 from engine.request import GenerationRequest
-
-
-def psnr(a, b) -> float:
-    mse = np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+from tests.numerics import psnr
 
 
 @pytest.mark.gpu

@@ -9,15 +9,11 @@ from engine.generator import Generator
 from engine.model import load_model
 from engine.request import GenerationRequest
 from quant import QuantLinear
+from tests.numerics import psnr
 
 
 def pixels(images):
     return np.asarray(images[0]).astype(np.float64)
-
-
-def psnr(a, b):
-    mse = np.mean((a - b) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def test_int8_switches_on_and_off_without_reading_the_checkpoint(tiny_model_dir, monkeypatch):

@@ -170,6 +170,38 @@ def test_caption_tokenizer_gives_the_engine_tokens_of_grammar_captions(tokenizer
     assert torch.equal(fast["attention_mask"], engine["attention_mask"])
 
 
+def test_captions_after_a_shared_instruction_give_the_full_runs_values_and_gradients(tokenizer):
+    """The instruction run once and cached, the captions after it: what the full run gives, where
+    the DiT reads (mask 1), and the same gradients for Gemma's weights (fp32 rounding only)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0,
+                          eos_token_id=1, bos_token_id=2, use_cache=False)
+    gemma = Gemma2Model(config)
+    encoder = TextEncoder(gemma, tokenizer)
+    tokens = train.CaptionTokenizer(encoder)
+    rng = random.Random(3)
+    captions = [sample_scene(rng).caption() for _ in range(6)]
+    weights = torch.randn(6, 300, 32, generator=torch.Generator().manual_seed(1))
+
+    def values_and_gradients(embed):
+        gemma.zero_grad()
+        hidden, mask = embed()
+        (hidden * weights * mask[..., None]).sum().backward()
+        return hidden.detach(), mask, [p.grad.clone() for p in gemma.parameters()]
+
+    full, full_mask, full_grads = values_and_gradients(lambda: train.embed_with_grad(encoder, tokens(captions)))
+    cached, mask, grads = values_and_gradients(lambda: train.embed_captions_with_grad(encoder, tokens, captions))
+    assert torch.equal(mask, full_mask)
+    real = mask.bool()
+    assert real.sum(1).min() < real.sum(1).max()  # captions of different lengths, padded
+    assert rel_err(cached[real], full[real]) < 1e-5
+    for ours, reference in zip(grads, full_grads, strict=True):
+        assert rel_err(ours, reference) < 1e-5
+
+
 def test_caption_dropout_puts_the_unconditional_prompt_in_its_place(tmp_path):
     args = train._parse(["--quick", "--device", "cpu", "--out", str(tmp_path)])
     run = train.Run(args)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from pathlib import Path
+
+from engine.request import GenerationRequest
 
 from .settings import models_dir
 
@@ -35,6 +38,20 @@ def demo_model_path() -> str | None:
         log.warning("the demo model is not usable: %s", error)
         return None
     return str(path) if path else None
+
+
+def is_demo_model(path: str | Path) -> bool:
+    demo = demo_model_path()
+    return demo is not None and Path(path).resolve() == Path(demo).resolve()
+
+
+def suggested_guidance(path: str | Path) -> float:
+    """The guidance a model draws best at: SANA's 4.5, or the demo's own (engine/demo.py says why)."""
+    if is_demo_model(path):
+        from engine.demo import GUIDANCE
+
+        return GUIDANCE
+    return GenerationRequest.guidance_scale
 
 
 def downloaded_models() -> list[str]:

@@ -16,6 +16,8 @@ from engine import events
 from engine.errors import OutputError, SanaStudioError
 from engine.request import PRECISIONS, SOLVERS, GenerationRequest
 
+from .capabilities import suggested_guidance
+
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -33,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--width", type=int, default=None, help="pixels, a multiple of 32 (default: the model's native size)")
     generate.add_argument("--height", type=int, default=None, help="pixels, a multiple of 32 (default: the model's native size)")
     generate.add_argument("--steps", type=int, default=20)
-    generate.add_argument("--guidance", type=float, default=4.5)
+    generate.add_argument("--guidance", type=float, default=None,
+                          help="classifier-free guidance scale (default: the model's own: SANA's 4.5, or the demo model's)")
     generate.add_argument("--seed", type=int, default=None, help="default: a random seed, printed and saved")
     generate.add_argument("--num-images", type=int, default=1)
     generate.add_argument("--solver", choices=SOLVERS, default="dpm")
@@ -70,7 +73,7 @@ def generate(args: argparse.Namespace) -> int:
             width=args.width or 1024,
             height=args.height or 1024,
             steps=args.steps,
-            guidance_scale=args.guidance,
+            guidance_scale=suggested_guidance(model_path) if args.guidance is None else args.guidance,
             seed=args.seed,
             num_images=args.num_images,
             solver=args.solver,

@@ -186,7 +186,7 @@ class MainWindow(QMainWindow):
 
     def load_model(self, path: str) -> None:
         if path:
-            self.settings.remember_model(path if not _is_demo(path) else "")
+            self.settings.remember_model(path if not capabilities.is_demo_model(path) else "")
         self.session.load_model(path)
 
     def open_models(self) -> ModelManagerDialog:
@@ -306,10 +306,11 @@ class MainWindow(QMainWindow):
         if state.model_status == "ready":
             self.model_label.setText(f"{state.model.name} · {state.model.native_size} px · {state.model.device}")
             self.form.set_native_size(state.model.native_size)
+            self.form.suggest_guidance(capabilities.suggested_guidance(state.model.path))
             if state.model.notes:
                 self.banner.show_message("Loaded with a change: " + "; ".join(state.model.notes) + ".", "warning",
                                          topic="model")
-            elif _is_demo(state.model.path) and not self.settings["demo_notice_dismissed"]:
+            elif capabilities.is_demo_model(state.model.path) and not self.settings["demo_notice_dismissed"]:
                 self.banner.show_message(DEMO_NOTICE, "info", actions=[self._remedy_button(DOWNLOAD_MODEL)],
                                          topic="demo")
             elif self.banner.topic in ("model", "demo"):  # the problem it reported is solved
@@ -505,11 +506,6 @@ class MainWindow(QMainWindow):
         self.session.shutdown()
         self.gallery.wait_for_thumbnails()
         super().closeEvent(event)
-
-
-def _is_demo(path: str | Path) -> bool:
-    demo = capabilities.demo_model_path()
-    return demo is not None and Path(path).resolve() == Path(demo).resolve()
 
 
 def _dropped_image(mime) -> Path | None:

@@ -62,7 +62,9 @@ class RequestForm(QWidget):
         self.width_box = _side_box()
         self.height_box = _side_box()
         self.steps = QSpinBox(minimum=1, maximum=MAX_STEPS, value=20)
-        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=MAX_GUIDANCE, singleStep=0.5, decimals=1, value=4.5)
+        self.suggested_guidance = GenerationRequest.guidance_scale
+        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=MAX_GUIDANCE, singleStep=0.5, decimals=1,
+                                       value=self.suggested_guidance)
         self.solver = QComboBox()
         for key, name in SOLVER_NAMES.items():
             self.solver.addItem(name, key)
@@ -171,6 +173,13 @@ class RequestForm(QWidget):
                 self._set_seed_mode("fixed")
         self.changed.emit()
         return notes
+
+    def suggest_guidance(self, guidance: float) -> None:
+        """The loaded model's own guidance, unless the user has chosen one (the box no longer holds
+        the last suggestion)."""
+        if self.guidance.value() == self.suggested_guidance:
+            self.guidance.setValue(guidance)
+        self.suggested_guidance = guidance
 
     # Size -----------------------------------------------------------------------------------
 

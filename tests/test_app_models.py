@@ -192,6 +192,21 @@ def test_a_bad_folder_is_refused_in_one_line_and_remove_asks_before_removing(
     assert dialog.installed_names() == [] and (tiny_model_dir / "model_index.json").is_file()
 
 
+def test_the_guidance_box_takes_each_models_own_until_the_user_chooses_one(
+        qtbot, open_window, tiny_model_dir, monkeypatch):
+    from engine.demo import GUIDANCE
+
+    monkeypatch.setattr(capabilities, "demo_model_path", lambda: str(tiny_model_dir))
+    window = open_window(model=None)
+    form = window.form
+    assert form.guidance.value() == GUIDANCE != 4.5  # the demo's own
+    form.suggest_guidance(4.5)  # a checkpoint loaded next: SANA's default
+    assert form.guidance.value() == 4.5
+    form.guidance.setValue(6.0)  # the user's choice stays through model changes
+    form.suggest_guidance(GUIDANCE)
+    assert form.guidance.value() == 6.0
+
+
 def test_the_demo_model_shows_the_first_run_banner_whose_button_opens_the_dialog(
         qtbot, open_window, tiny_model_dir, tiny_catalog, monkeypatch):
     monkeypatch.setattr(capabilities, "demo_model_path", lambda: str(tiny_model_dir))

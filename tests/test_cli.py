@@ -78,6 +78,25 @@ def test_png_text_chunk_carries_the_parameters(tiny_model_dir, tmp_path):
     assert exact["request"]["seed"] == 5 and exact["precision"] == "fp32"
 
 
+def test_guidance_defaults_to_the_models_own(tiny_model_dir, tmp_path, monkeypatch):
+    """SANA's 4.5 for a checkpoint, the demo's own guidance (engine/demo.py) for the demo; an explicit
+    --guidance wins over both."""
+    from app import capabilities
+    from engine.demo import GUIDANCE
+
+    def cfg_scale(*extra: str) -> float:
+        output = tmp_path / "guidance.png"
+        assert run_cli("--model", str(tiny_model_dir), "--prompt", "a cat", "--width", "64", "--height", "64",
+                       "--steps", "1", "--seed", "5", "--device", "cpu", "--output", str(output), *extra) == 0
+        with Image.open(output) as image:
+            return json.loads(image.info["sana_studio"])["request"]["guidance_scale"]
+
+    assert cfg_scale() == 4.5
+    monkeypatch.setattr(capabilities, "demo_model_path", lambda: str(tiny_model_dir))  # as if it were the demo
+    assert GUIDANCE != 4.5 and cfg_scale() == GUIDANCE
+    assert cfg_scale("--guidance", "3") == 3.0
+
+
 @pytest.mark.parametrize(
     "args, words",
     [

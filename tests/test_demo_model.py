@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from engine.demo import demo_model_path
+from engine.demo import GUIDANCE, demo_model_path
 from engine.errors import CheckpointError
 from resources import resource_path
 from training.demo.judge import judge, summarize
@@ -28,7 +28,7 @@ from training.demo.scenes import (
 
 DEMO = resource_path("demo_model")
 SIZE = 256
-MIN_PLACED, MIN_BACKGROUNDS = 0.9, 0.9
+MIN_PLACED, MIN_BACKGROUNDS, MIN_SHAPES = 0.9, 0.9, 0.8
 MAX_MEGABYTES = 50
 MIN_PSNR_DB, MIN_PSNR_PAIRS = 30.0, 20
 
@@ -115,10 +115,11 @@ def test_bundled_demo_model_fits_the_size_budget(demo_model):
 @pytest.fixture(scope="module")
 def held_out_runs(demo_model):
     """The 16 held-out captions × 2 seeds, in float and in W8A8 INT8: 64 generations at 256², 20
-    steps, about a minute and a half on 2 cores. One run serves the three tests below."""
+    steps, at the demo's own guidance (the app's default for it), about a minute on 2 cores. One run
+    serves the three tests below."""
     from training.demo.evaluate import judge_held_out
 
-    return {precision: judge_held_out(demo_model, captions=16, seeds=(0, 1), guidance=4.5, steps=20,
+    return {precision: judge_held_out(demo_model, captions=16, seeds=(0, 1), guidance=GUIDANCE, steps=20,
                                       precision=precision)
             for precision in ("fp32", "int8")}
 
@@ -135,13 +136,14 @@ def check_captions_followed(verdicts, record_property, label: str) -> None:
     assert result["images"] == 32
     assert result["placed_fraction"] >= MIN_PLACED, (summary, failures)
     assert result["background_fraction"] >= MIN_BACKGROUNDS, (summary, failures)
+    assert result["shape_fraction"] >= MIN_SHAPES, summary
 
 
 @pytest.mark.slow
 def test_bundled_demo_model_puts_colours_where_held_out_captions_say(held_out_runs, record_property):
-    """Colours at their named positions and backgrounds: the issue's ≥ 90% (the shipped weights:
-    100% and 100%). Shapes are reported, not asserted: the shipped weights read 63% of shapes
-    right where the goal is 80% (issue #3 stays open for that)."""
+    """Colours at their named positions and backgrounds ≥ 90%, shapes told apart by their fill
+    ≥ 80% (the issue's bars). The shipped weights: 100%, 100% and 87% of shapes (squares 13 of 16,
+    stars 7 of 12; in INT8 86%)."""
     check_captions_followed(held_out_runs["fp32"][0], record_property, "fp32")
 
 
@@ -154,7 +156,7 @@ def test_bundled_demo_model_follows_held_out_captions_in_int8(held_out_runs, rec
 @pytest.mark.slow
 def test_int8_images_stay_within_30_db_of_float(held_out_runs, record_property):
     """Issue #5's fidelity bar: INT8 vs float over 20 prompt × seed pairs, every pair ≥ 30 dB PSNR
-    (measured with the shipped weights: 44.4 dB at worst, 49.4 dB on average)."""
+    (measured with the shipped weights: 50.2 dB at worst, 57.7 dB on average)."""
     import numpy as np
 
     pairs = list(zip(held_out_runs["fp32"][1], held_out_runs["int8"][1]))[:MIN_PSNR_PAIRS]
@@ -194,13 +196,13 @@ def test_a_perfect_autoencoder_scores_every_shape_right():
 
 
 def test_the_bundled_autoencoder_keeps_colours_positions_and_most_shapes(demo_model, record_property):
-    """Measured with the shipped weights: placed 100%, backgrounds 100%, shapes 80% (24 of the 25
-    misses are stars: their points are lost). The shape goal of issue #3 needs this ceiling
-    raised first."""
+    """Measured with the shipped weights: placed 100%, backgrounds 100%, shapes 89% (all 14 misses
+    are stars: their points are lost). What it loses no DiT can put back: the ceiling of the
+    held-out shape score."""
     from training.demo.evaluate import judge_reconstructions
 
     summary = judge_reconstructions(demo_model.dcae, SIZE, scenes=64)
     record_property("autoencoder_alone", summary)
     print(f"bundled autoencoder alone: {summary}")
     assert summary["placed_fraction"] >= MIN_PLACED and summary["background_fraction"] >= MIN_BACKGROUNDS
-    assert summary["shape_fraction"] >= 0.75, summary
+    assert summary["shape_fraction"] >= 0.85, summary

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from engine.demo import GUIDANCE
 from engine.generator import Generator
 from engine.model import SanaModel
 from engine.request import GenerationRequest
@@ -18,7 +19,6 @@ from .judge import ImageVerdict, judge, summarize
 from .scenes import held_out_scenes
 
 STEPS = 20
-GUIDANCE = 4.5  # the app's default
 HELD_OUT_CAPTIONS = 16
 SEEDS = (0, 1)
 

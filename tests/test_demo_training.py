@@ -3,6 +3,7 @@ run that the engine loads and generates from, resumption, and the diffusers layo
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from training.demo.scenes import (
     Scene,
     SceneObject,
     held_out_scenes,
+    loose_caption,
     parse_caption,
     place,
     render_scenes,
@@ -162,6 +164,7 @@ def test_caption_tokenizer_gives_the_engine_tokens_of_grammar_captions(tokenizer
     encoder = TextEncoder(Gemma2Model(config), tokenizer)
     rng = random.Random(7)
     captions = [sample_scene(rng).caption() for _ in range(400)] + ["A Large RED Star in the center, on a blue background "]
+    captions += [loose_caption(sample_scene(rng), rng, unsaid=0.5) for _ in range(100)]
     fast = train.CaptionTokenizer(encoder)
     encoder.tokenize([""], with_instruction=False)  # leaves padding to 300 set on transformers' tokenizer
     fast = fast(captions)
@@ -200,6 +203,28 @@ def test_captions_after_a_shared_instruction_give_the_full_runs_values_and_gradi
     assert rel_err(cached[real], full[real]) < 1e-5
     for ours, reference in zip(grads, full_grads, strict=True):
         assert rel_err(ours, reference) < 1e-5
+
+
+def test_loose_captions_leave_out_sizes_and_positions_but_never_say_anything_wrong():
+    rng = random.Random(11)
+    scenes = [sample_scene(rng) for _ in range(300)]
+    assert [loose_caption(s, rng, unsaid=0.0) for s in scenes] == [s.caption() for s in scenes]
+    left_out = {"size": 0, "position": 0}
+    for scene in scenes:
+        caption = loose_caption(scene, rng, unsaid=0.15)
+        head, background = caption.rsplit(", on ", 1)
+        assert background == f"{'an' if scene.background[0] in 'aeiou' else 'a'} {scene.background} background"
+        phrases = re.split(r", | and ", head)
+        assert len(phrases) == len(scene.objects)
+        for phrase, obj in zip(phrases, scene.objects, strict=True):
+            said_size = f"a {obj.size} " in phrase
+            said_position = phrase.endswith(PHRASES[obj.position])
+            assert phrase == obj.phrase(said_size, said_position)  # what it says is the scene's own
+            left_out["size"] += not said_size
+            left_out["position"] += not said_position
+    objects = sum(len(s.objects) for s in scenes)
+    assert 0.08 * objects < left_out["size"] < 0.25 * objects
+    assert 0.08 * objects < left_out["position"] < 0.25 * objects
 
 
 def test_caption_dropout_puts_the_unconditional_prompt_in_its_place(tmp_path):

@@ -71,8 +71,10 @@ class SceneObject:
     size: str
     position: str
 
-    def phrase(self) -> str:
-        return f"a {self.size} {self.colour} {self.shape} {PHRASES[self.position]}"
+    def phrase(self, say_size: bool = True, say_position: bool = True) -> str:
+        size = f"{self.size} " if say_size else ""
+        position = f" {PHRASES[self.position]}" if say_position else ""
+        return f"a {size}{self.colour} {self.shape}{position}"
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,9 @@ class Scene:
     background: str
     objects: tuple[SceneObject, ...]  # in the caption's order
 
-    def caption(self) -> str:
-        phrases = [o.phrase() for o in self.objects]
+    def caption(self, phrases: list[str] | None = None) -> str:
+        """The grammar's caption; `phrases` (one per object) to word the objects otherwise."""
+        phrases = phrases if phrases is not None else [o.phrase() for o in self.objects]
         listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
         article = "an" if self.background[0] in "aeiou" else "a"
         return f"{listed}, on {article} {self.background} background"
@@ -115,6 +118,15 @@ def sample_scene(rng: random.Random, split: str = "train", objects: int | None =
         ))
         if scene.held_out == (split == "held_out"):
             return scene
+
+
+def loose_caption(scene: Scene, rng: random.Random, unsaid: float) -> str:
+    """The scene's caption with, now and then, an object's size or position left unsaid, as people
+    type ("a red circle on a blue background"): the model learns to draw the object anyway, at the
+    size and place the scene gave it. `unsaid`: the chance of leaving out each size, and apart each
+    position. Trained on full captions only, the demo drew a plain blue background for that prompt
+    at any guidance."""
+    return scene.caption([o.phrase(rng.random() >= unsaid, rng.random() >= unsaid) for o in scene.objects])
 
 
 def held_out_scenes(count: int, seed: int = 0) -> list[Scene]:

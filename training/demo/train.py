@@ -6,7 +6,8 @@
    (1 / std of the latents), as SANA's 0.41407 was.
 2. DiT + Gemma, with the autoencoder frozen: latents computed on the fly; rectified flow,
    x_σ = (1 − σ)·x0 + σ·ε, target v = ε − x0, timestep σ·1000, σ logit-normal then shifted by the
-   scheduler's own flow shift (as SANA trains). Captions go through the engine's
+   scheduler's own flow shift (as SANA trains). Captions (now and then with an object's size or
+   position left unsaid, as people type them) go through the engine's
    `TextEncoder.encode` (instruction prefix, BOS + last 299 tokens), so inference reads the text
    exactly as training did; one caption in ten is replaced by "" encoded without the instruction,
    which is how the engine encodes the negative prompt for classifier-free guidance. The exported
@@ -58,7 +59,7 @@ from engine.dit import DiTConfig, LinearDiT
 from engine.text_encoder import TextEncoder, instruction_lines
 
 from .presets import PRESETS
-from .scenes import PALETTE, render_scenes, sample_scene
+from .scenes import PALETTE, loose_caption, render_scenes, sample_scene
 from .tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 CHECKPOINT = "checkpoint.pt"
@@ -90,6 +91,7 @@ class Plan:
     weight_decay: float = 0.01
     warmup: int = 200
     caption_dropout: float = 0.1
+    unsaid: float = 0.15  # chance a caption leaves out an object's size, and apart its position
     ema_decay: float = 0.995  # a short run is still improving at its end: average its last ~200 steps
     flow_shift: float = 2.0  # written to the scheduler config: training and sampling share it
     grad_clip: float = 1.0
@@ -198,7 +200,7 @@ class Run:
         self.encode_images, self.decode_latents = compiled(self.dcae.encode), compiled(self.dcae.decode)
 
     def _resume(self, state: dict) -> None:
-        self.plan = Plan(**state["plan"])
+        self.plan = Plan(**{"unsaid": 0.0, **state["plan"]})  # checkpoints from before `unsaid` said everything
         given = self.args.plan
         for key in ("ae_steps", "dit_steps"):  # sized by --minutes in the first run: keep them
             if getattr(given, key) is None:
@@ -354,7 +356,7 @@ class Run:
         s = sigma[:, None, None, None]
         noisy = (1 - s) * x0 + s * noise
         with self._autocast():
-            text, mask = self._caption_batch([sc.caption() for sc in scenes], dropped)
+            text, mask = self._caption_batch([loose_caption(sc, self.scene_rng, plan.unsaid) for sc in scenes], dropped)
             velocity = self.dit_forward(noisy, sigma * 1000, text, mask)
         loss = F.mse_loss(velocity.float(), noise - x0)
         self._update(loss, self.dit_optimizer, [self.dit, self.gemma], plan.lr, total)

@@ -124,8 +124,9 @@ class RequestForm(QWidget):
         )
 
     def fields(self) -> dict:
-        """Everything the user set, for the settings file (so a restart brings it back)."""
-        return {
+        """Everything the user set, for the settings file (so a restart brings it back). A guidance
+        that is the model's own is left out: after a restart it follows whichever model loads."""
+        fields = {
             "prompt": self.prompt.toPlainText(),
             "negative_prompt": self.negative.toPlainText(),
             "width": self.width_box.value(),
@@ -137,6 +138,9 @@ class RequestForm(QWidget):
             "seed": int(self.seed.text()) if self.seed.text() else None,
             "num_images": self.num_images.value(),
         }
+        if fields["guidance_scale"] == self.suggested_guidance:
+            del fields["guidance_scale"]
+        return fields
 
     def set_fields(self, fields: dict) -> list[str]:
         """Fill the fields present in `fields` (from an image or the settings).

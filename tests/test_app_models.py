@@ -21,6 +21,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from app import capabilities, model_manager_dialog
 from app.model_manager_dialog import ModelManagerDialog
+from app.request_form import RequestForm
 from app.settings import Settings, models_dir
 from engine import model_manager
 from tests import fake_hub, test_app_window, test_model_manager
@@ -202,9 +203,17 @@ def test_the_guidance_box_takes_each_models_own_until_the_user_chooses_one(
     assert form.guidance.value() == GUIDANCE != 4.5  # the demo's own
     form.suggest_guidance(4.5)  # a checkpoint loaded next: SANA's default
     assert form.guidance.value() == 4.5
-    form.guidance.setValue(6.0)  # the user's choice stays through model changes
+    assert "guidance_scale" not in form.fields()  # saved settings do not pin a model's own guidance
+    form.guidance.setValue(6.0)  # the user's choice stays through model changes, and is saved
     form.suggest_guidance(GUIDANCE)
-    assert form.guidance.value() == 6.0
+    assert form.guidance.value() == 6.0 and form.fields()["guidance_scale"] == 6.0
+
+    form.guidance.setValue(GUIDANCE)  # the demo's own, at the next start: a checkpoint gets SANA's
+    restarted = RequestForm()
+    qtbot.addWidget(restarted)
+    restarted.set_fields(form.fields())
+    restarted.suggest_guidance(4.5)
+    assert restarted.guidance.value() == 4.5
 
 
 def test_the_demo_model_shows_the_first_run_banner_whose_button_opens_the_dialog(

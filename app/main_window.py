@@ -51,7 +51,8 @@ from .state import Job, Progress, Result
 log = logging.getLogger(__name__)
 
 DOWNLOAD_MODEL = "download_model"  # the banner's remedy that opens the model manager
-DEMO_NOTICE = ("This is the demo model: it draws simple coloured shapes. Download a real SANA model "
+DEMO_NOTICE = ("This is the demo model: it draws simple coloured shapes, named with a size and a place, "
+               "like “a large red circle on the left, on a blue background”. Download a real SANA model "
                "for real pictures.")
 
 

@@ -167,10 +167,17 @@ def test_caption_tokenizer_gives_the_engine_tokens_of_grammar_captions(tokenizer
     captions += [loose_caption(sample_scene(rng), rng, unsaid=0.5) for _ in range(100)]
     fast = train.CaptionTokenizer(encoder)
     encoder.tokenize([""], with_instruction=False)  # leaves padding to 300 set on transformers' tokenizer
-    fast = fast(captions)
+    tail_ids, tail_mask = fast.tails(captions)
     engine = encoder.tokenize(captions, with_instruction=True)
-    assert torch.equal(fast["input_ids"], engine["input_ids"])
-    assert torch.equal(fast["attention_mask"], engine["attention_mask"])
+    head, tail = len(fast.head), tail_ids.shape[1]
+    assert engine["input_ids"].shape[1] == fast.length and head + tail <= fast.length
+    assert torch.equal(engine["input_ids"][:, :head], torch.tensor([fast.head] * len(captions)))
+    assert torch.equal(engine["input_ids"][:, head:head + tail], tail_ids)
+    assert (engine["input_ids"][:, head + tail:] == fast.pad).all()
+    assert engine["attention_mask"][:, :head].all()
+    assert torch.equal(engine["attention_mask"][:, head:head + tail], tail_mask)
+    assert not engine["attention_mask"][:, head + tail:].any()
+    assert (tail_ids[tail_mask == 0] == fast.pad).all()  # padding in the tails too
 
 
 def test_captions_after_a_shared_instruction_give_the_full_runs_values_and_gradients(tokenizer):
@@ -195,7 +202,7 @@ def test_captions_after_a_shared_instruction_give_the_full_runs_values_and_gradi
         (hidden * weights * mask[..., None]).sum().backward()
         return hidden.detach(), mask, [p.grad.clone() for p in gemma.parameters()]
 
-    full, full_mask, full_grads = values_and_gradients(lambda: train.embed_with_grad(encoder, tokens(captions)))
+    full, full_mask, full_grads = values_and_gradients(lambda: train.encode_with_grad(encoder, captions, True))
     cached, mask, grads = values_and_gradients(lambda: train.embed_captions_with_grad(encoder, tokens, captions))
     assert torch.equal(mask, full_mask)
     real = mask.bool()

@@ -131,14 +131,18 @@ def test_tokenizer_follows_gemma_conventions(tokenizer):
     assert tokenizer.decode(tokenizer.encode("Any text, even 🙂 this."), skip_special_tokens=True) == "Any text, even 🙂 this."
 
 
-def test_training_text_path_is_the_engine_encoder_with_gradients(tokenizer):
+def tiny_gemma(tokenizer):
+    """A two-layer Gemma-2 on the demo tokenizer, seeded: for the text-path tests."""
     from transformers import Gemma2Config, Gemma2Model
 
     torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0,
-                          eos_token_id=1, bos_token_id=2, use_cache=False)
-    encoder = TextEncoder(Gemma2Model(config).eval(), tokenizer)
+    return Gemma2Model(Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, pad_token_id=0, eos_token_id=1, bos_token_id=2, use_cache=False))
+
+
+def test_training_text_path_is_the_engine_encoder_with_gradients(tokenizer):
+    encoder = TextEncoder(tiny_gemma(tokenizer).eval(), tokenizer)
     prompts = ["a large blue square on the left, on a black background",
                "A small RED circle at the top and a large green star on the right, on a white background"]
     for with_instruction in (True, False):
@@ -157,11 +161,7 @@ def test_training_text_path_is_the_engine_encoder_with_gradients(tokenizer):
 
 
 def test_caption_tokenizer_gives_the_engine_tokens_of_grammar_captions(tokenizer):
-    from transformers import Gemma2Config, Gemma2Model
-
-    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0)
-    encoder = TextEncoder(Gemma2Model(config), tokenizer)
+    encoder = TextEncoder(tiny_gemma(tokenizer), tokenizer)  # the model is not run: tokens only
     rng = random.Random(7)
     captions = [sample_scene(rng).caption() for _ in range(400)] + ["A Large RED Star in the center, on a blue background "]
     captions += [loose_caption(sample_scene(rng), rng, unsaid=0.5) for _ in range(100)]
@@ -183,13 +183,7 @@ def test_caption_tokenizer_gives_the_engine_tokens_of_grammar_captions(tokenizer
 def test_captions_after_a_shared_instruction_give_the_full_runs_values_and_gradients(tokenizer):
     """The instruction run once and cached, the captions after it: what the full run gives, where
     the DiT reads (mask 1), and the same gradients for Gemma's weights (fp32 rounding only)."""
-    from transformers import Gemma2Config, Gemma2Model
-
-    torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0,
-                          eos_token_id=1, bos_token_id=2, use_cache=False)
-    gemma = Gemma2Model(config)
+    gemma = tiny_gemma(tokenizer)
     encoder = TextEncoder(gemma, tokenizer)
     tokens = train.CaptionTokenizer(encoder)
     rng = random.Random(3)

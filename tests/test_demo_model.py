@@ -29,6 +29,7 @@ from training.demo.scenes import (
 DEMO = resource_path("demo_model")
 SIZE = 256
 MIN_PLACED, MIN_BACKGROUNDS, MIN_SHAPES = 0.9, 0.9, 0.8
+MIN_SHORT_PLACED = {"with comma": 0.8, "without comma": 0.6}  # short prompts' objects drawn
 MAX_MEGABYTES = 50
 MIN_PSNR_DB, MIN_PSNR_PAIRS = 30.0, 20
 
@@ -142,8 +143,8 @@ def check_captions_followed(verdicts, record_property, label: str) -> None:
 @pytest.mark.slow
 def test_bundled_demo_model_puts_colours_where_held_out_captions_say(held_out_runs, record_property):
     """Colours at their named positions and backgrounds ≥ 90%, shapes told apart by their fill
-    ≥ 80% (the issue's bars). The shipped weights: 100%, 100% and 87% of shapes (squares 13 of 16,
-    stars 7 of 12; in INT8 86%)."""
+    ≥ 80% (the issue's bars). The shipped weights: 100%, 100% and 84% of shapes (squares 13 of 16,
+    stars 5 of 12; in INT8 the same)."""
     check_captions_followed(held_out_runs["fp32"][0], record_property, "fp32")
 
 
@@ -156,7 +157,7 @@ def test_bundled_demo_model_follows_held_out_captions_in_int8(held_out_runs, rec
 @pytest.mark.slow
 def test_int8_images_stay_within_30_db_of_float(held_out_runs, record_property):
     """Issue #5's fidelity bar: INT8 vs float over 20 prompt × seed pairs, every pair ≥ 30 dB PSNR
-    (measured with the shipped weights: 50.2 dB at worst, 57.7 dB on average)."""
+    (measured with the shipped weights: 48.6 dB at worst, 56.0 dB on average)."""
     import numpy as np
 
     pairs = list(zip(held_out_runs["fp32"][1], held_out_runs["int8"][1]))[:MIN_PSNR_PAIRS]
@@ -170,6 +171,56 @@ def test_int8_images_stay_within_30_db_of_float(held_out_runs, record_property):
     print(f"INT8 vs float PSNR over {len(values)} pairs: min {min(values):.1f} dB, mean {np.mean(values):.1f} dB")
     assert len(values) == MIN_PSNR_PAIRS
     assert min(values) >= MIN_PSNR_DB, values
+
+
+def short_prompts(comma: bool) -> list[tuple[str, Scene]]:
+    """Prompts that name only colour, shape and background, as people type them: the issue's own
+    example first, then two seeded colour pairs per shape. `comma`: the grammar's comma before the
+    background, as in the training captions; people mostly leave it out."""
+    rng = random.Random("short-prompts")
+    scenes = [Scene("blue", (SceneObject("red", "circle", None, None),))]
+    for shape in SHAPES:
+        for _ in range(2):
+            colour, background = rng.sample(COLOURS, 2)
+            scenes.append(Scene(background, (SceneObject(colour, shape, None, None),)))
+    return [(s.caption() if comma else s.caption().replace(", on ", " on "), s) for s in scenes]
+
+
+def test_short_prompts_are_judged_as_placed_anywhere():
+    (prompt, scene), *_ = short_prompts(comma=False)
+    assert prompt == "a red circle on a blue background"
+    rng = random.Random(3)
+    for position in ("left", "top", "center"):
+        drawn = Scene("blue", (SceneObject("red", "circle", "large", position),))
+        image = to_pixels(render([drawn], [place(drawn, rng)], SIZE))[0]
+        (verdict,) = judge(image, scene).objects
+        assert verdict.placed and verdict.shape_right
+    assert not judge(image, Scene("blue", (SceneObject("green", "circle", None, None),))).objects[0].placed
+
+
+@pytest.mark.slow
+def test_short_prompts_draw_their_objects(demo_model, record_property):
+    """Training captions leave sizes and places unsaid now and then (scenes.loose_caption), so the
+    demo draws "a red circle on a blue background" — the issue's own example, asserted at both
+    seeds. Short prompts in general are weaker than full captions. Measured with the shipped
+    weights, objects drawn: 16 of 18 with the grammar's comma before the background, 12 of 18
+    without it (training captions always had it). The bars below are floors against regression,
+    under the held-out bars on purpose: raising them is the next training's work."""
+    from training.demo.evaluate import judge_prompts, report
+
+    results = {}
+    for comma in (True, False):
+        verdicts, _ = judge_prompts(demo_model, short_prompts(comma), guidance=GUIDANCE, steps=20)
+        summary = {k: v for k, v in report(verdicts).items() if k != "images_detail"}
+        results["with comma" if comma else "without comma"] = summary
+        assert summary["images"] == 18 and summary["background_fraction"] >= MIN_BACKGROUNDS, summary
+        if not comma:
+            example = verdicts[:2]  # "a red circle on a blue background", seeds 0 and 1
+            assert all(v.background_right and v.objects[0].shape_right for v in example), example
+    record_property("demo_short_prompts", results)
+    print(f"demo model, short prompts: {results}")
+    assert results["with comma"]["placed_fraction"] >= MIN_SHORT_PLACED["with comma"], results
+    assert results["without comma"]["placed_fraction"] >= MIN_SHORT_PLACED["without comma"], results
 
 
 def test_a_perfect_autoencoder_scores_every_shape_right():
@@ -196,7 +247,7 @@ def test_a_perfect_autoencoder_scores_every_shape_right():
 
 
 def test_the_bundled_autoencoder_keeps_colours_positions_and_most_shapes(demo_model, record_property):
-    """Measured with the shipped weights: placed 100%, backgrounds 100%, shapes 89% (all 14 misses
+    """Measured with the shipped weights: placed 100%, backgrounds 100%, shapes 90% (all 13 misses
     are stars: their points are lost). What it loses no DiT can put back: the ceiling of the
     held-out shape score."""
     from training.demo.evaluate import judge_reconstructions

@@ -1,6 +1,7 @@
 """The demo model's training code, on the CPU at toy scale: data, tokenizer, text path, a --quick
 run that the engine loads and generates from, resumption, and the diffusers layout of its export."""
 
+import dataclasses
 import json
 import random
 import re
@@ -16,6 +17,7 @@ from engine.generator import Generator
 from engine.model import load_model
 from engine.request import GenerationRequest
 from engine.text_encoder import TextEncoder, instruction_lines
+from resources import resource_path
 from tests.numerics import rel_err
 from training.demo import train
 from training.demo.export import _storage
@@ -356,3 +358,10 @@ def test_gemma_starts_with_unit_scale_embeddings_and_learns_at_its_own_rate(tmp_
     for group in run.dit_optimizer.param_groups:
         expected = run.plan.text_lr_scale if id(group["params"][0]) in gemma else 1.0
         assert group["lr"] == pytest.approx(1e-3 * train.learning_rate_factor(0, run.plan.warmup, 100) * expected)
+
+
+def test_the_default_plan_is_the_shipped_weights_plan():
+    """The README's retrain command (no step counts, no --minutes) trains what ships."""
+    shipped = json.loads((resource_path("demo_model") / "training.json").read_text())
+    assert shipped["stage"] == "done"
+    assert shipped["plan"] == dataclasses.asdict(train.Plan())

@@ -16,7 +16,7 @@ from engine.model import SanaModel
 from engine.request import GenerationRequest
 
 from .judge import ImageVerdict, judge, summarize
-from .scenes import held_out_scenes
+from .scenes import Scene, held_out_scenes
 
 STEPS = 20
 HELD_OUT_CAPTIONS = 16
@@ -32,13 +32,26 @@ def judge_held_out(
     precision: str = "fp32",
 ) -> tuple[list[ImageVerdict], list[Image.Image]]:
     """Generate each held-out caption once per seed at the model's native size; judge each image."""
+    prompts = [(scene.caption(), scene) for scene in held_out_scenes(captions)]
+    return judge_prompts(model, prompts, seeds, guidance, steps, precision)
+
+
+def judge_prompts(
+    model: SanaModel,
+    prompts: list[tuple[str, Scene]],
+    seeds: tuple[int, ...] = SEEDS,
+    guidance: float = GUIDANCE,
+    steps: int = STEPS,
+    precision: str = "fp32",
+) -> tuple[list[ImageVerdict], list[Image.Image]]:
+    """Each prompt once per seed, judged against the scene it names (in whatever wording)."""
     generator = Generator(model, previews=False)
     size = model.native_size
     verdicts, images = [], []
-    for scene in held_out_scenes(captions):
+    for prompt, scene in prompts:
         for seed in seeds:
             request = GenerationRequest(
-                scene.caption(), width=size, height=size, steps=steps, guidance_scale=guidance, seed=seed,
+                prompt, width=size, height=size, steps=steps, guidance_scale=guidance, seed=seed,
                 precision=precision,
             )
             image = generator.generate(request)[0]

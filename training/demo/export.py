@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from engine.dcae import DCAE
+from engine.demo import GUIDANCE
 from engine.dit import LinearDiT
 
 DIFFUSERS_VERSION = "0.42.1"  # the version whose files the engine is tested against
@@ -77,11 +78,12 @@ center, on a named background colour. It draws 256×256 images of prompts such a
 
     a large red circle on the left and a small blue square on the right, on a yellow background
 
-and nothing else. It is not a published SANA checkpoint; it exists so that a fresh install
-works offline and the tests have a real model to run.
+or, leaving sizes and places unsaid, "a red circle on a blue background" — and nothing else. It is
+not a published SANA checkpoint; it exists so that a fresh install works offline and the tests
+have a real model to run.
 
-It draws best without classifier-free guidance (guidance 1.0, what Sana Studio uses for it):
-guidance rounds its squares and fills in its stars.
+It draws best at a low guidance ({guidance:g}, what Sana Studio uses for it; engine/demo.py has
+the figures): more guidance rounds its squares and fills in its stars.
 """
 
 
@@ -116,7 +118,7 @@ def export_model(
     text_copy.save_pretrained(folder / "text_encoder")  # safetensors, transformers' default
     tokenizer.save_pretrained(folder / "tokenizer")
     _write_json(folder / "scheduler" / "scheduler_config.json", {**SCHEDULER_CONFIG, "flow_shift": float(flow_shift)})
-    (folder / "README.md").write_text(MODEL_CARD, encoding="utf-8")
+    (folder / "README.md").write_text(MODEL_CARD.format(guidance=GUIDANCE), encoding="utf-8")
     if training is not None:
         _write_json(folder / "training.json", training)
     return folder

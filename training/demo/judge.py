@@ -2,9 +2,9 @@
 
 Every pixel is named by its nearest palette colour (or none, when no colour is near). An object
 is *placed* when a connected region of its colour, of an object's area, has its centroid in the
-3×3 grid cell of its named position. Its *shape* is read from that region's bounding-box fill
-ratio (circle π/4, square 1, triangle 1/2, star less), as the shape whose perfect ratio is
-nearest. The *background* is right when its colour is the most common one and covers half the
+3×3 grid cell of its named position (anywhere, when its caption leaves the position unsaid). Its
+*shape* is read from that region's bounding-box fill ratio (circle π/4, square 1, triangle 1/2,
+star less), as the shape whose perfect ratio is nearest. The *background* is right when its colour is the most common one and covers half the
 image. Ground-truth renders score 100% (tests/test_demo_model.py checks that), so a model's
 score is the model's.
 """
@@ -69,12 +69,10 @@ def judge(image, scene: Scene) -> ImageVerdict:
     verdicts = []
     for obj in scene.objects:
         regions = _regions(labels == COLOURS.index(obj.colour))
-        col, row = CELLS[obj.position]
-        found = [
-            r for r in regions
-            if min_area <= r.area <= max_area
-            and int(3 * r.x / width) == col and int(3 * r.y / height) == row
-        ]
+        found = [r for r in regions if min_area <= r.area <= max_area]
+        if obj.position is not None:  # a caption that leaves the place unsaid: anywhere will do
+            col, row = CELLS[obj.position]
+            found = [r for r in found if int(3 * r.x / width) == col and int(3 * r.y / height) == row]
         if not found:
             verdicts.append(ObjectVerdict(obj, False, None, None))
             continue

@@ -68,12 +68,12 @@ HELD_OUT_MODULUS = 64  # one scene in 64 is held out
 class SceneObject:
     colour: str
     shape: str
-    size: str
-    position: str
+    size: str | None  # None: left unsaid, as in "a red circle on a blue background"
+    position: str | None
 
     def phrase(self, say_size: bool = True, say_position: bool = True) -> str:
-        size = f"{self.size} " if say_size else ""
-        position = f" {PHRASES[self.position]}" if say_position else ""
+        size = f"{self.size} " if say_size and self.size else ""
+        position = f" {PHRASES[self.position]}" if say_position and self.position else ""
         return f"a {size}{self.colour} {self.shape}{position}"
 
 

@@ -15,7 +15,7 @@ from .preview import LatentPreviewer, load_or_fit_previewer, to_pil
 from .request import GenerationRequest
 from .runner import DenoiseRunner
 from .solver import make_solver
-from .text_encoder import PromptCache
+from .text_encoder import PromptCache, trim_padding
 from .tiling import decode_auto
 
 EventSink = Callable[[events.Event], None]
@@ -119,7 +119,7 @@ class Generator:
             negative, negative_mask = self.prompt_cache.get(encoder, request.negative_prompt, with_instruction=False)
             texts.insert(0, negative.expand(n, -1, -1))
             masks.insert(0, negative_mask.expand(n, -1))
-        return torch.cat(texts), torch.cat(masks)
+        return trim_padding(torch.cat(texts), torch.cat(masks))
 
     def _initial_noise(self, request: GenerationRequest) -> torch.Tensor:
         # diffusers' SanaPipeline convention, so a seed gives the same image in both: one CPU

@@ -110,6 +110,27 @@ def test_text_mask_hides_padding_tokens(tmp_path):
         assert rel_err(model(latents, timestep, changed_kept, text_mask), base) > 1e-3
 
 
+def test_trimmed_padding_gives_the_same_velocity(tmp_path):
+    """The Generator drops padding past the longest prompt (text_encoder.trim_padding): masked
+    keys add exactly zero to the softmax, so the output is the same, to fp32 summation order."""
+    from engine.text_encoder import trim_padding
+
+    _, config = tiny_reference(tmp_path)
+    torch.manual_seed(0)
+    model = LinearDiT(config).eval()
+    latents, timestep, _, _ = inputs(4, 4)
+    text = torch.randn(2, 40, 48)
+    text_mask = torch.zeros(2, 40, dtype=torch.int64)
+    text_mask[0, :5], text_mask[1, :3] = 1, 1
+    trimmed, trimmed_mask = trim_padding(text, text_mask, multiple=8)
+    assert trimmed.shape[1] == 8
+    with torch.no_grad():
+        base = model(latents, timestep, text, text_mask)
+        assert rel_err(model(latents, timestep, trimmed, trimmed_mask), base) < 1e-6
+        # one real token too few would show
+        assert rel_err(model(latents, timestep, text[:, :4], text_mask[:, :4]), base) > 1e-3
+
+
 def test_output_is_in_the_latents_dtype_and_model_computes_in_its_own(tmp_path):
     reference, config = tiny_reference(tmp_path)
     model = LinearDiT(config).eval()

@@ -55,6 +55,18 @@ def test_a_new_seed_reuses_the_cached_prompt_embeddings(generator, monkeypatch):
     assert len(calls) == 1
 
 
+def test_the_dit_reads_the_prompts_without_the_padding_past_them(generator, monkeypatch):
+    from engine.text_encoder import TRIM_MULTIPLE
+
+    lengths = []
+    original = generator._runner.velocity
+    monkeypatch.setattr(generator._runner, "velocity",
+                        lambda latents, t, text, mask, *a: lengths.append(text.shape[1]) or original(latents, t, text, mask, *a))
+    generator.generate(GenerationRequest("a blue square", width=64, height=64, steps=2, guidance_scale=4.5))
+    assert generator.model.text_encoder.max_length == 300
+    assert lengths == [TRIM_MULTIPLE] * 2
+
+
 def test_an_engine_error_is_reported_then_raised(generator, monkeypatch):
     seen = []
     monkeypatch.setattr(generator, "decode", lambda latents: (_ for _ in ()).throw(RuntimeError("boom")))

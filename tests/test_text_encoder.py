@@ -6,7 +6,12 @@ from diffusers import SanaPipeline
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import Gemma2Config, Gemma2Model, PreTrainedTokenizerFast
 
-from engine.text_encoder import PromptCache, TextEncoder, instruction_lines
+from engine.text_encoder import (
+    PromptCache,
+    TextEncoder,
+    instruction_lines,
+    trim_padding,
+)
 
 TOLERANCE = 1e-5  # relative error, fp32
 CPU = torch.device("cpu")
@@ -128,3 +133,27 @@ def test_cache_evicts_least_recently_used(tokenizer, gemma):
     assert model.calls == 3
     cache.get(encoder, "b", with_instruction=False)
     assert model.calls == 4
+
+
+def test_trimming_keeps_every_rows_last_real_token_and_rounds_up():
+    text = torch.randn(3, 300, 4)
+    mask = torch.zeros(3, 300, dtype=torch.int64)
+    mask[0, 0] = 1  # the unconditional "": BOS alone
+    mask[1, [0, *range(1, 23)]] = 1  # BOS and a 22-token prompt
+    mask[2, [0, 70]] = 1  # not contiguous: a row's last real token decides, not its count
+    trimmed, trimmed_mask = trim_padding(text, mask, multiple=64)
+    assert trimmed.shape == (3, 128, 4) and trimmed_mask.shape == (3, 128)
+    assert torch.equal(trimmed, text[:, :128]) and trimmed_mask.sum() == mask.sum()
+    assert trim_padding(text[:2], mask[:2], multiple=64)[0].shape[1] == 64
+    full = torch.ones(2, 300, dtype=torch.int64)
+    assert trim_padding(text[:2], full, multiple=64)[0].shape[1] == 300  # never longer than given
+
+
+def test_sana_prompts_fill_only_a_few_of_the_kept_positions(tokenizer, gemma):
+    """Why trimming pays: of the 300 positions the DiT reads, a short prompt fills BOS + its own."""
+    encoder = TextEncoder(gemma, tokenizer)
+    _, mask = encoder.encode(["a cat on a mat"], with_instruction=True)
+    _, negative = encoder.encode([""], with_instruction=False)
+    assert mask.shape[1] == negative.shape[1] == 300
+    assert int(mask.sum()) < 20 and int(negative.sum()) <= 2
+    assert trim_padding(torch.zeros(2, 300, 1), torch.cat([negative, mask]))[0].shape[1] == 64

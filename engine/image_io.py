@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, PngImagePlugin
 
@@ -127,9 +128,7 @@ def write_atomically(path: Path, write) -> None:
     if not directory.is_dir():
         raise OutputError(f"{path}: the folder {directory} does not exist")
     try:
-        handle = tempfile.NamedTemporaryFile(
-            dir=directory, prefix=f".{path.name}.", suffix=".part", delete=False
-        )
+        part, handle = _new_part_file(directory, path.name)
     except OSError as error:
         raise OutputError(f"{path}: cannot write in {directory} ({error.strerror or error})") from None
     try:
@@ -137,12 +136,24 @@ def write_atomically(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        os.replace(part, path)
     except BaseException as error:
-        Path(handle.name).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
         raise
+
+
+def _new_part_file(directory: Path, name: str) -> tuple[Path, BinaryIO]:
+    """A new temporary file beside the target, created with mode 0666 less the umask — the mode
+    any new file gets (tempfile's are 0600, which would leave saved images private)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        part = directory / f".{name}.{secrets.token_hex(4)}.part"
+        try:
+            return part, open(os.open(part, flags, 0o666), "wb")
+        except FileExistsError:
+            continue
 
 
 def numbered_paths(path: str | os.PathLike, count: int) -> list[Path]:

@@ -82,3 +82,16 @@ def test_jpeg_and_webp_keep_the_parameters_in_exif(tmp_path):
 def test_several_images_get_numbered_names(tmp_path):
     assert numbered_paths(tmp_path / "x.png", 1) == [tmp_path / "x.png"]
     assert numbered_paths(tmp_path / "x.png", 3) == [tmp_path / f"x-{i}.png" for i in (1, 2, 3)]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes and the umask are POSIX")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_images_get_the_mode_any_new_file_gets(tmp_path, umask, mode):
+    """Written through a temporary file, yet readable as the user's umask allows, not private."""
+    previous = os.umask(umask)
+    try:
+        target = save_image(Image.new("RGB", (4, 4), "blue"), tmp_path / "x.png", REQUEST, "m", "fp32")
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == mode
+    assert sorted(os.listdir(tmp_path)) == ["x.png"]

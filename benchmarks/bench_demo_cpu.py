@@ -2,8 +2,8 @@
 
 Loads the model with `engine.model.load_model` (timed), then generates --runs images through the
 engine's Generator, each from a new held-out caption (so every run pays for its text encoding)
-and a new seed, with classifier-free guidance at 4.5 (the slower case: the demo's own guidance, 1.0,
-skips the unconditional half of each step). From the Generator's own
+and a new seed, with classifier-free guidance at SANA's 4.5 (the demo's own, 1.5, costs the same:
+any guidance above 1 runs the unconditional half of each step too). From the Generator's own
 events it splits each run into: prompt encoding and setup (up to the first step, less one step),
 the DiT steps, and the DC-AE decode. Prints a table (medians) and writes every number as JSON.
 

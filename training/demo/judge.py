@@ -4,9 +4,9 @@ Every pixel is named by its nearest palette colour (or none, when no colour is n
 is *placed* when a connected region of its colour, of an object's area, has its centroid in the
 3×3 grid cell of its named position (anywhere, when its caption leaves the position unsaid). Its
 *shape* is read from that region's bounding-box fill ratio (circle π/4, square 1, triangle 1/2,
-star less), as the shape whose perfect ratio is nearest. The *background* is right when its colour is the most common one and covers half the
-image. Ground-truth renders score 100% (tests/test_demo_model.py checks that), so a model's
-score is the model's.
+star less), as the shape whose perfect ratio is nearest. The *background* is right when its
+colour is the most common one and covers half the image. Ground-truth renders score 100%
+(tests/test_demo_model.py checks that), so a model's score is the model's.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import hashlib
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -71,9 +71,9 @@ class SceneObject:
     size: str | None  # None: left unsaid, as in "a red circle on a blue background"
     position: str | None
 
-    def phrase(self, say_size: bool = True, say_position: bool = True) -> str:
-        size = f"{self.size} " if say_size and self.size else ""
-        position = f" {PHRASES[self.position]}" if say_position and self.position else ""
+    def phrase(self) -> str:
+        size = f"{self.size} " if self.size else ""
+        position = f" {PHRASES[self.position]}" if self.position else ""
         return f"a {size}{self.colour} {self.shape}{position}"
 
 
@@ -82,9 +82,8 @@ class Scene:
     background: str
     objects: tuple[SceneObject, ...]  # in the caption's order
 
-    def caption(self, phrases: list[str] | None = None) -> str:
-        """The grammar's caption; `phrases` (one per object) to word the objects otherwise."""
-        phrases = phrases if phrases is not None else [o.phrase() for o in self.objects]
+    def caption(self) -> str:
+        phrases = [o.phrase() for o in self.objects]
         listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
         article = "an" if self.background[0] in "aeiou" else "a"
         return f"{listed}, on {article} {self.background} background"
@@ -126,7 +125,12 @@ def loose_caption(scene: Scene, rng: random.Random, unsaid: float) -> str:
     size and place the scene gave it. `unsaid`: the chance of leaving out each size, and apart each
     position. Trained on full captions only, the demo drew a plain blue background for that prompt
     at any guidance."""
-    return scene.caption([o.phrase(rng.random() >= unsaid, rng.random() >= unsaid) for o in scene.objects])
+    said = tuple(
+        replace(o, size=o.size if rng.random() >= unsaid else None,
+                position=o.position if rng.random() >= unsaid else None)
+        for o in scene.objects
+    )
+    return Scene(scene.background, said).caption()
 
 
 def held_out_scenes(count: int, seed: int = 0) -> list[Scene]:

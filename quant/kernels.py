@@ -253,37 +253,45 @@ def _int8_gemm_kernel(
 # The Hopper kernel: operands arrive through the tensor-memory accelerator (TMA), which also
 # zero-fills the tile edges, so the inner loop has no masks and no address arithmetic, and the
 # grid is persistent (one program per SM walking the tiles), so tile n+1's loads overlap tile n's
-# epilogue. At the 1.6B DiT's 4096² shapes on an H100: 994–1077 TOPS, where the pointer kernel
-# above gives 904–933 (benchmarks/results/h100-int8-gemm.json).
+# epilogue, and the epilogue leaves through the TMA too (see TMA_STORE below). At the 1.6B DiT's
+# 4096² shapes on an H100: 1005–1020 TOPS, where the pointer kernel above gives 889–908
+# (benchmarks/results/h100-int8-gemm.json). Storing through the TMA instead of from registers
+# made one 1.6B block's GEMMs 5% faster at 4096² in a side-by-side lab (4.44 → 4.21 ms).
 
 
 def _set_descriptor_blocks(nargs: dict) -> None:
     nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
     nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+    if nargs["c_desc"] is not None:
+        nargs["c_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"] // (2 if nargs["SUBTILE"] else 1)]
 
 
 def _tma_configs() -> list[triton.Config]:
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "FLATTEN": False,
-                               "WARP_SPECIALIZE": False}, num_warps=4, pre_hook=_set_descriptor_blocks)]
+                               "WARP_SPECIALIZE": False, "SUBTILE": True}, num_warps=4,
+                              pre_hook=_set_descriptor_blocks)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten,
-                       "WARP_SPECIALIZE": ws}, num_stages=st, num_warps=w, pre_hook=_set_descriptor_blocks)
-        for bm, bn, bk, st, w, flatten, ws in TMA_TILES
+                       "WARP_SPECIALIZE": ws, "SUBTILE": subtile},
+                      num_stages=st, num_warps=w, pre_hook=_set_descriptor_blocks)
+        for bm, bn, bk, st, w, flatten, ws, subtile in TMA_TILES
     ]
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps, flatten, warp-specialize): the configs that won at
-# least one of the DiT's 24 GEMM shapes on an H100 (CUDA-graph timing; BLOCK_K = 256 in two
-# stages won none). Flattening the tile and K loops lets the next tile's loads start during this
-# one's epilogue, but its extra buffers do not fit 128×256 tiles in Hopper's 227 KB of shared
-# memory.
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps, flatten, warp-specialize, subtile): the configs that
+# won at least one of the DiT's GEMM shapes on an H100 (CUDA-graph timing; BLOCK_K = 256 in two
+# stages, 64 in four, and 128 × 128 tiles in eight warps won none). Flattening the tile and K loops
+# lets the next tile's loads start during this one's epilogue. `subtile` stores the epilogue in two
+# halves, so its staging buffer takes half the shared memory.
 TMA_TILES = [
-    (256, 128, 128, 3, 8, True, False),
-    (256, 128, 128, 3, 8, True, True),
-    (128, 256, 128, 3, 8, False, False),
-    (128, 128, 128, 5, 4, True, False),
-    (64, 256, 128, 4, 4, True, False),
+    (256, 128, 128, 3, 8, True, True, True),
+    (256, 128, 128, 3, 8, True, False, True),
+    (256, 128, 128, 3, 8, False, False, True),
+    (256, 128, 128, 3, 8, False, False, False),
+    (128, 256, 128, 3, 8, False, False, True),
+    (128, 128, 128, 4, 4, True, False, True),
+    (64, 256, 128, 4, 4, True, False, True),
 ]
 
 
@@ -295,14 +303,24 @@ def _tile_position(tile, num_m, num_n, GROUP_M: tl.constexpr):
     return first_m + (tile % group) % group_m, (tile % group) // group_m
 
 
-@triton.autotune(configs=_tma_configs(), key=["M", "N", "K"])
+@triton.jit
+def _dequantize(acc, a_scale, w_scale_ptr, bias_ptr, offs_n, N, out_dtype: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """`_store_tile`'s arithmetic for a tile bound for a TMA store: a_scale is the rows' [BLOCK_M]."""
+    w_scale = tl.load(w_scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+    out = acc.to(tl.float32) * a_scale[:, None] * w_scale[None, :]
+    if HAS_BIAS:
+        out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    return out.to(out_dtype, fp_downcast_rounding="rtne")
+
+
+@triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "TMA_STORE"])
 @triton.jit
 def _int8_gemm_tma_kernel(
-    a_desc, w_desc, c_ptr, a_scale_ptr, w_scale_ptr, bias_ptr,
+    a_desc, w_desc, c_desc, c_ptr, a_scale_ptr, w_scale_ptr, bias_ptr,
     M, N, K, stride_cm, programs,
-    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FLATTEN: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    FLATTEN: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SUBTILE: tl.constexpr,
 ):
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -315,8 +333,24 @@ def _int8_gemm_tma_kernel(
             a = a_desc.load([off_m, k * BLOCK_K])
             w = w_desc.load([off_n, k * BLOCK_K])
             acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
-        _store_tile(acc, off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N), M, N,
-                    c_ptr, stride_cm, 1, a_scale_ptr, w_scale_ptr, bias_ptr, EPILOGUE, HAS_BIAS)
+        if TMA_STORE:
+            # The tile leaves through shared memory and the TMA, which clips the edges, so the
+            # next tile's MMAs start while it is written; in halves, to halve the staging buffer.
+            offs_m = off_m + tl.arange(0, BLOCK_M)
+            a_scale = tl.load(a_scale_ptr + offs_m, mask=offs_m < M, other=0.0).to(tl.float32)
+            dtype: tl.constexpr = c_ptr.dtype.element_ty
+            if SUBTILE:
+                left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+                offs_n = off_n + tl.arange(0, BLOCK_N // 2)
+                c_desc.store([off_m, off_n], _dequantize(left, a_scale, w_scale_ptr, bias_ptr, offs_n, N, dtype, HAS_BIAS))
+                c_desc.store([off_m, off_n + BLOCK_N // 2],
+                             _dequantize(right, a_scale, w_scale_ptr, bias_ptr, offs_n + BLOCK_N // 2, N, dtype, HAS_BIAS))
+            else:
+                offs_n = off_n + tl.arange(0, BLOCK_N)
+                c_desc.store([off_m, off_n], _dequantize(acc, a_scale, w_scale_ptr, bias_ptr, offs_n, N, dtype, HAS_BIAS))
+        else:
+            _store_tile(acc, off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N), M, N,
+                        c_ptr, stride_cm, 1, a_scale_ptr, w_scale_ptr, bias_ptr, EPILOGUE, HAS_BIAS)
 
 
 @functools.cache
@@ -354,15 +388,18 @@ def _launch_gemm(a, w, out, a_scale, w_scale, bias, epilogue: bool, tma: bool | 
         # Block shapes are placeholders: each config's pre-hook sets its own before launch.
         a_desc = TensorDescriptor.from_tensor(a, [16, 16])
         w_desc = TensorDescriptor.from_tensor(w, [16, 16])
+        # The dequantized tile goes out through the TMA where the output's rows allow it; the
+        # int32 tile (the tests' exactness check) as it is.
+        c_desc = TensorDescriptor.from_tensor(out, [16, 16]) if epilogue and _tma_fits(out) else None
         programs = 4 if _INTERPRET else _multiprocessors(a.device.index)
 
         def grid(meta):
             return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
 
         _int8_gemm_tma_kernel[grid](
-            a_desc, w_desc, out, a_scale, w_scale, bias,
+            a_desc, w_desc, c_desc, out, a_scale, w_scale, bias,
             m, n, k, out.stride(0), programs,
-            EPILOGUE=epilogue, HAS_BIAS=bias is not None,
+            EPILOGUE=epilogue, HAS_BIAS=bias is not None, TMA_STORE=c_desc is not None,
             enable_fp_fusion=False,
         )
         return out

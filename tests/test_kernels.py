@@ -91,6 +91,47 @@ def test_twins_compose_with_w8a8_swaps_in_either_order(order):
         assert torch.equal(fused(*dit_inputs()), plain(*dit_inputs()))
 
 
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+def test_self_attention_projections_run_as_one_gemm_over_the_layers_own_memory(int8):
+    from engine.accelerate import swap_in_twins
+    from quant import quantize_model, set_int8
+
+    plain = tiny_dit()
+    fused = copy.deepcopy(plain)
+    quantize_model(plain)
+    quantize_model(fused)
+    set_int8(plain, int8)
+    set_int8(fused, int8)
+    swap_in_twins(fused)
+    state = {name: t.clone() for name, t in fused.state_dict().items()}
+    attn = fused.transformer_blocks[0].attn1
+    with torch.inference_mode():
+        assert torch.equal(fused(*dit_inputs()), plain(*dit_inputs()))
+    name = "weight_int8" if int8 else "weight"
+    stacked = attn._stacks[name]
+    layers = (attn.to_q, attn.to_k, attn.to_v)
+    # the layers' tensors are now the stack's rows: no copy is kept beside them
+    rows = stacked.shape[0] // 3
+    for i, layer in enumerate(layers):
+        assert getattr(layer, name).data_ptr() == stacked[i * rows].data_ptr()
+    assert fused.state_dict().keys() == state.keys()
+    assert all(torch.equal(t, state[n]) for n, t in fused.state_dict().items())
+    with torch.inference_mode():
+        fused(*dit_inputs())
+    assert attn._stacks[name] is stacked  # reused, not stacked again each call
+
+    # a load replaces nothing in place that the stack would miss: new weights are what runs
+    other = tiny_dit(seed=5)
+    quantize_model(other)
+    set_int8(other, int8)
+    fused.load_state_dict(other.state_dict())
+    attn.to_k.weight.data = attn.to_k.weight.data.clone()  # as a .to() would: its own memory again
+    attn.to_k.requantize()
+    with torch.inference_mode():
+        assert torch.equal(fused(*dit_inputs()), other(*dit_inputs()))
+    assert attn._stacks[name] is not stacked
+
+
 def test_accelerate_dit_leaves_a_cpu_model_alone_and_says_why():
     from engine.accelerate import accelerate_dit
 

@@ -146,8 +146,11 @@ def quantize_tokens(
         # one read of the activation instead of two.
         one_pass = not channels_first and triton.next_power_of_2(channels) <= ONE_PASS_MAX_CHANNELS
     if one_pass:
+        # One token a program, four warps: at every DiT width this measured fastest or within 1% of
+        # it on an H100 (2240 channels × 32768 tokens: 0.076 ms, where two tokens in eight warps
+        # took 0.086), the token's row masked out to the next power of two.
         block_c = triton.next_power_of_2(channels)
-        block_t = max(1, 8192 // block_c)
+        block_t = 1
     elif channels_first:
         block_t, block_c = 64, 32  # channels-first (NCHW) input: coalesce along tokens
     else:
@@ -159,7 +162,7 @@ def quantize_tokens(
         tokens, channels,
         x3.stride(0), x3.stride(1), x3.stride(2), stride_mb,
         PRE_OP=pre_op, BLOCK_T=block_t, BLOCK_C=block_c, ONE_PASS=one_pass,
-        num_warps=8 if one_pass and block_c * block_t >= 4096 else 4, enable_fp_fusion=False,
+        num_warps=4, enable_fp_fusion=False,
     )
     return q, s
 

@@ -62,9 +62,10 @@ class FastLinearSelfAttention(nn.Module):
 
     def _project(self, x: Tensor) -> list[Tensor]:
         """q, k, v as column slices of one GEMM's output: a third of the launches, and at 1024² one
-        wave of tiles fills the GPU where three would each leave it part idle (W8A8 step of the
-        0.6B model at 1024²: −0.43 ms of 8.2, H100). In W8A8 the three also share one per-token
-        quantization of x. The published projections have no bias (`attention_bias` is False)."""
+        wave of tiles fills the GPU where three would each leave it part idle (0.6B, 2 × 1024
+        tokens, W8A8: 0.041 → 0.026 ms a block on an H100; FP16 gives the same bits as three
+        GEMMs). In W8A8 the three also share one per-token quantization of x. The published
+        projections have no bias (`attention_bias` is False); with one, each runs on its own."""
         layers = (self.to_q, self.to_k, self.to_v)
         if any(layer.bias is not None for layer in layers):
             return [layer(x) for layer in layers]

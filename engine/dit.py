@@ -117,7 +117,11 @@ class PatchEmbed(nn.Module):
 
     def forward(self, latents: Tensor) -> Tensor:
         h, w = latents.shape[-2:]
-        tokens = self.proj(latents).flatten(2).transpose(1, 2)
+        # The 1×1 conv as the linear map it is, over the tokens: they come out token-major and
+        # contiguous, the bias added in the GEMM. (cuDNN's conv wrote them channel-major, added the
+        # bias in a second pass, and the transpose cost a copy later: 1.45 → 0.49 ms with the
+        # position embedding at 1.6B 4096² on an H100, the same values.)
+        tokens = F.linear(latents.flatten(2).transpose(1, 2), self.proj.weight.flatten(1), self.proj.bias)
         if self.interpolation_scale is None:
             return tokens
         return tokens + self.position_embedding(h, w, tokens.device, tokens.dtype)
@@ -313,6 +317,20 @@ class SanaBlock(nn.Module):
         return x + gate_mlp * y
 
 
+class OutputNorm(nn.Module):
+    """The final AdaLN in front of `proj_out`: LayerNorm (no affine)·(1 + scale) + shift, the rows
+    `table + modulation` = (shift, scale). No parameters of its own (the DiT's `scale_shift_table`
+    gives the rows); a module so that `engine/accelerate.py` can swap in its one-pass twin."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor, table: Tensor, modulation: Tensor) -> Tensor:
+        shift, scale = (table + modulation).chunk(2, dim=1)
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift
+
+
 class LinearDiT(nn.Module):
     """The SANA transformer: (latents, timestep, text, text mask) → velocity."""
 
@@ -326,6 +344,7 @@ class LinearDiT(nn.Module):
         self.caption_norm = RMSNorm(dim, eps=1e-5)
         self.transformer_blocks = nn.ModuleList(SanaBlock(config) for _ in range(config.num_layers))
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.norm_out = OutputNorm(eps=1e-6)
         self.proj_out = nn.Linear(dim, config.out_channels)
 
     def forward(self, latents: Tensor, timestep: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
@@ -343,6 +362,5 @@ class LinearDiT(nn.Module):
         for block in self.transformer_blocks:
             x = block(x, modulation, text, text_bias, h, w)
 
-        shift, scale = (self.scale_shift_table + t_embedding[:, None]).chunk(2, dim=1)
-        x = self.proj_out(F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift)
+        x = self.proj_out(self.norm_out(x, self.scale_shift_table, t_embedding[:, None]))
         return x.transpose(1, 2).unflatten(2, (h, w)).to(latents.dtype)

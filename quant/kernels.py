@@ -195,21 +195,29 @@ def _gemm_configs() -> list[triton.Config]:
 
 
 @triton.jit
+def _dequantize(acc, a_scale, w_scale_ptr, bias_ptr, offs_n, N, out_dtype: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The epilogue's arithmetic: the int32 tile dequantized (+ bias) and rounded to the output
+    dtype, ties to even; a_scale is the tile rows' [BLOCK_M]."""
+    w_scale = tl.load(w_scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
+    out = acc.to(tl.float32) * a_scale[:, None] * w_scale[None, :]
+    if HAS_BIAS:
+        out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    return out.to(out_dtype, fp_downcast_rounding="rtne")
+
+
+@triton.jit
 def _store_tile(
     acc, offs_m, offs_n, M, N, c_ptr, stride_cm, stride_cn, a_scale_ptr, w_scale_ptr, bias_ptr,
     EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """Both GEMM kernels' epilogue: the int32 tile as it is, or dequantized (+ bias) and rounded
-    to the output dtype, ties to even."""
+    """The epilogue through pointers (the Ampere/Ada kernel's, and the Hopper kernel's where the
+    TMA cannot address the output): the int32 tile as it is, or `_dequantize`d."""
     c_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
     if EPILOGUE:
         a_scale = tl.load(a_scale_ptr + offs_m, mask=offs_m < M, other=0.0).to(tl.float32)
-        w_scale = tl.load(w_scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
-        out = acc.to(tl.float32) * a_scale[:, None] * w_scale[None, :]
-        if HAS_BIAS:
-            out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=c_mask)
+        out = _dequantize(acc, a_scale, w_scale_ptr, bias_ptr, offs_n, N, c_ptr.dtype.element_ty, HAS_BIAS)
+        tl.store(c_ptrs, out, mask=c_mask)
     else:
         tl.store(c_ptrs, acc, mask=c_mask)
 
@@ -304,16 +312,6 @@ def _tile_position(tile, num_m, num_n, GROUP_M: tl.constexpr):
     first_m = (tile // group) * GROUP_M
     group_m = min(num_m - first_m, GROUP_M)
     return first_m + (tile % group) % group_m, (tile % group) // group_m
-
-
-@triton.jit
-def _dequantize(acc, a_scale, w_scale_ptr, bias_ptr, offs_n, N, out_dtype: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """`_store_tile`'s arithmetic for a tile bound for a TMA store: a_scale is the rows' [BLOCK_M]."""
-    w_scale = tl.load(w_scale_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
-    out = acc.to(tl.float32) * a_scale[:, None] * w_scale[None, :]
-    if HAS_BIAS:
-        out = out + tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-    return out.to(out_dtype, fp_downcast_rounding="rtne")
 
 
 @triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "TMA_STORE"])

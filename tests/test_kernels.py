@@ -55,7 +55,7 @@ def test_twins_on_cpu_compute_the_plain_dit_bit_for_bit(overrides):
     plain = tiny_dit(**overrides)
     fused = copy.deepcopy(plain)
     report = swap_in_twins(fused)
-    assert report.fused_total == 3 * plain.config.num_layers
+    assert report.fused_total == 3 * plain.config.num_layers + 1  # + the output norm
     assert all(isinstance(block, FastSanaBlock) for block in fused.transformer_blocks)
     with torch.inference_mode():
         assert torch.equal(fused(*dit_inputs()), plain(*dit_inputs()))
@@ -149,7 +149,7 @@ def test_swapping_twice_changes_nothing_more():
     first = swap_in_twins(dit)
     modules = list(dit.modules())
     second = swap_in_twins(dit)
-    assert len(first.swapped) == 6 and second.swapped == () and second.fused_total == 6
+    assert len(first.swapped) == 7 and second.swapped == () and second.fused_total == 7
     assert list(dit.modules()) == modules
 
 
@@ -211,6 +211,11 @@ def _interpreter_measurements() -> dict:
                md.modulate_reference(*upcast(x, table, modulation), 0, 1, 1e-6), dtype)
         record(f"modulate/one_modulation_row/{tag}", md.modulate(x, table, modulation[:1], 3, 4, 1e-6),
                md.modulate_reference(*upcast(x, table, modulation[:1]), 3, 4, 1e-6), dtype)
+        # the DiT's output norm: a two-row table, one timestep row per sample seen twice (stride 0)
+        from engine.dit import OutputNorm
+        table2, step_row = torch.randn(2, 80).to(dtype), torch.randn(2, 1, 80).to(dtype)
+        record(f"modulate/output_norm/{tag}", md.modulate(x, table2, step_row.expand(-1, 2, -1), 0, 1, 1e-6),
+               OutputNorm(1e-6)(*upcast(x, table2, step_row)), dtype)
         target = x.clone()
         summed, y = md.add_modulate(target, branch, table, modulation, 3, 4, 1e-6)
         want_sum, want_y = md.add_modulate_reference(*upcast(x.clone(), branch, table, modulation), 3, 4, 1e-6)

@@ -37,6 +37,8 @@ def conv_glu_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 
 EXACT, TANH = 0, 1  # how SiLU is computed (see the module's docstring)
+STRIP = 4  # output columns a program's strip is wide: `_row`, `_apply` and the kernel unroll four
+_STRIP = tl.constexpr(STRIP)
 
 
 @triton.jit
@@ -105,9 +107,9 @@ def _conv_glu_kernel(
     pid_c = tl.program_id(0)  # fastest: neighbouring programs share pixels, so rows stay in L2
     pid_xy = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    strips = tl.cdiv(width, 4)
+    strips = tl.cdiv(width, _STRIP)
     y0 = (pid_xy // strips) * TILE_Y
-    x0 = (pid_xy % strips) * 4
+    x0 = (pid_xy % strips) * _STRIP
     chans = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = chans < C
     v_base = h_ptr + b * stride_hb
@@ -180,7 +182,7 @@ def conv_glu(
     tile_y, block_c, warps = tile or ((4, 16, 1) if INTERPRET else TILE)
     if silu is None:
         silu = EXACT if hidden.dtype == torch.float32 else TANH
-    grid = (triton.cdiv(channels, block_c), triton.cdiv(width, 4) * triton.cdiv(height, tile_y), batch)
+    grid = (triton.cdiv(channels, block_c), triton.cdiv(width, STRIP) * triton.cdiv(height, tile_y), batch)
     _conv_glu_kernel[grid](
         hidden, taps, taps if bias is None else bias, out,
         channels, height, width, taps.stride(0),

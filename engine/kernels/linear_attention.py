@@ -132,7 +132,7 @@ def linear_attention(
     """Fused `linear_attention_reference`: q, k, v [B, N, H·d] with unit channel stride (any token
     and batch strides) → a new [B, N, H·d] tensor in q's dtype.
 
-    `splits` (how many slices of N) defaults to enough programs for ~4 per SM. `dot_precision` is
+    `splits` (how many slices of N) defaults to enough programs for ~8 per SM. `dot_precision` is
     Triton's for the fp32 q·(KᵀV) product: "tf32x3" (three tensor-core passes, fp32-accurate:
     0.31 ms at the 1.6B 4096² shape on an H100) or "ieee" (the FMA units: 0.39 ms).
     """
@@ -146,11 +146,14 @@ def linear_attention(
             raise ValueError(f"{name} {tuple(t.shape)} must be {tuple(q.shape)} with unit channel stride")
     head_dim = channels // heads
     block_d = max(16, triton.next_power_of_2(head_dim))
-    block_n = 16 if INTERPRET else 64
+    # Tokens a loop step: 128 for KᵀV, 64 for the output (whose fp32 tiles take more registers).
+    # With ~8 programs an SM and four stages these measured fastest of 90 settings each on an H100
+    # (1.6B, 2 × 16384 tokens: 0.150 → 0.131 ms for KᵀV, 0.153 → 0.136 ms for the output).
+    kv_block_n, out_block_n = (16, 16) if INTERPRET else (128, 64)
     if splits is None:
-        splits = triton.cdiv(4 * multiprocessors(q), batch * heads)
-    splits = max(1, min(splits, triton.cdiv(tokens, block_n)))
-    chunk = triton.cdiv(triton.cdiv(tokens, splits), block_n) * block_n
+        splits = triton.cdiv(8 * multiprocessors(q), batch * heads)
+    splits = max(1, min(splits, triton.cdiv(tokens, kv_block_n)))
+    chunk = triton.cdiv(triton.cdiv(tokens, splits), kv_block_n) * kv_block_n
     splits = triton.cdiv(tokens, chunk)
 
     kv = torch.empty(batch * heads, splits, block_d, block_d, dtype=torch.float32, device=q.device)
@@ -160,13 +163,13 @@ def linear_attention(
     _kv_partial_kernel[grid](
         k, v, kv, ks, tokens, heads, chunk, splits,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, FP32_INPUT=q.dtype == torch.float32,
-        num_warps=4,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=kv_block_n, FP32_INPUT=q.dtype == torch.float32,
+        num_warps=4, num_stages=4,
     )
     _attend_kernel[grid](
         q, kv, ks, out, tokens, heads, chunk, splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, DOT_PRECISION=dot_precision,
-        num_warps=4,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=out_block_n, DOT_PRECISION=dot_precision,
+        num_warps=4, num_stages=4,
     )
     return out

@@ -9,6 +9,7 @@ activations plus a small add for the rows; here each is one pass, the rows summe
 - `add_modulate`:    x += branch, then y as above from the new x     (cross-attention's residual)
 - `gated_residual`:  x + gate·branch, the branch optionally clamped to ±65504 (self-attention's)
 
+The DiT's final AdaLN (`OutputNorm`) is `modulate` too, with its own table's two rows (shift, scale).
 All arithmetic is fp32; values are rounded to the tensor dtype once, when stored.
 """
 
@@ -120,7 +121,8 @@ def _gated_residual_kernel(
 
 def _ada_strides(x: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor) -> tuple[int, int, int]:
     batch, _, dim = x.shape
-    if table.shape != (6, dim) or modulation.shape[1:] != (6, dim) or modulation.shape[0] not in (1, batch):
+    if (table.dim() != 2 or table.shape[1] != dim or modulation.shape[1:] != table.shape
+            or modulation.shape[0] not in (1, batch)):
         raise ValueError(f"table {tuple(table.shape)} / modulation {tuple(modulation.shape)} do not fit x {tuple(x.shape)}")
     if table.stride(-1) != 1 or modulation.stride(-1) != 1:
         raise ValueError("table and modulation need unit stride along D")

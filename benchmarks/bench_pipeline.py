@@ -368,25 +368,15 @@ class DiTVariants:
 
 
 def velocity_call(setup: Setup, dit: LinearDiT, graphs: bool) -> Callable | str:
-    """(latents, t, text, mask) → guided velocity: the Generator's own loop body, or engine.runner's
-    CUDA-graph replay of it."""
-    if graphs:
-        if not setup.cuda:
-            return "not available: CUDA graphs need a GPU"
-        runner_class, missing = _optional("runner", "DenoiseRunner")
-        if missing:
-            return missing
-        runner = runner_class(dit, graphs=True)
-        return lambda latents, t, text, mask: runner.velocity(latents, t, text, mask, GUIDANCE)
-    dtype = next(dit.parameters()).dtype
-
-    def call(latents, t, text, mask):
-        timestep = torch.full((2 * latents.shape[0],), t, device=latents.device)
-        velocity = dit(torch.cat([latents, latents]).to(dtype), timestep, text, mask).float()
-        unconditional, conditional = velocity.chunk(2)
-        return unconditional + GUIDANCE * (conditional - unconditional)
-
-    return call
+    """(latents, t, text, mask) → guided velocity as the Generator's loop gets it: through
+    engine.runner (which encodes the prompt once, not every step), replaying CUDA graphs or eager."""
+    if graphs and not setup.cuda:
+        return "not available: CUDA graphs need a GPU"
+    runner_class, missing = _optional("runner", "DenoiseRunner")
+    if missing:
+        return missing
+    runner = runner_class(dit, graphs=graphs)
+    return lambda latents, t, text, mask: runner.velocity(latents, t, text, mask, GUIDANCE)
 
 
 def reference_call(reference: nn.Module) -> Callable:

@@ -157,7 +157,7 @@ class FastSanaBlock(nn.Module):
         self.scale_shift_table = block.scale_shift_table
 
     def forward(
-        self, x: Tensor, modulation: Tensor, text: Tensor, text_bias: Tensor, h: int, w: int
+        self, x: Tensor, modulation: Tensor, keys_values: tuple[Tensor, Tensor], text_bias: Tensor, h: int, w: int
     ) -> Tensor:
         ada = (self.scale_shift_table, modulation)
         x = x.contiguous()  # a no-op for what `LinearDiT` hands over; the kernels need it
@@ -165,7 +165,7 @@ class FastSanaBlock(nn.Module):
         x = modulate.gated_residual(x, self.attn1(y, clamp=False), *ada, modulate.GATE_MSA, clamp=True)
         # x is this block's own tensor from here on, so the residuals may update it in place
         x, y = modulate.add_modulate(
-            x, self.attn2(x, text, text_bias), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps
+            x, self.attn2(x, keys_values, text_bias), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps
         )
         batch, tokens, dim = x.shape
         y = self.ff(y.unflatten(1, (h, w)).permute(0, 3, 1, 2))

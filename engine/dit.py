@@ -263,11 +263,15 @@ class CrossAttention(nn.Module):
         self.norm_k = RMSNorm(inner, eps=1e-5) if qk_norm else nn.Identity()
         self.to_out = nn.Sequential(nn.Linear(inner, dim))
 
-    def forward(self, x: Tensor, text: Tensor, text_bias: Tensor) -> Tensor:
-        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+    def keys_values(self, text: Tensor) -> tuple[Tensor, Tensor]:
+        """The text's keys and values [B, heads, L, d]: they depend on the prompt alone."""
         k = self.norm_k(self.to_k(text)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         v = self.to_v(text).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_bias)
+        return k, v
+
+    def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], text_bias: Tensor) -> Tensor:
+        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, *keys_values, attn_mask=text_bias)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
 
@@ -304,14 +308,14 @@ class SanaBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
     def forward(
-        self, x: Tensor, modulation: Tensor, text: Tensor, text_bias: Tensor, h: int, w: int
+        self, x: Tensor, modulation: Tensor, keys_values: tuple[Tensor, Tensor], text_bias: Tensor, h: int, w: int
     ) -> Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table + modulation
         ).chunk(6, dim=1)
         y = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps) * (1 + scale_msa) + shift_msa
         x = x + gate_msa * self.attn1(y)
-        x = x + self.attn2(x, text, text_bias)
+        x = x + self.attn2(x, keys_values, text_bias)
         y = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps) * (1 + scale_mlp) + shift_mlp
         y = self.ff(y.unflatten(1, (h, w)).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
         return x + gate_mlp * y
@@ -329,6 +333,25 @@ class OutputNorm(nn.Module):
     def forward(self, x: Tensor, table: Tensor, modulation: Tensor) -> Tensor:
         shift, scale = (table + modulation).chunk(2, dim=1)
         return F.layer_norm(x, x.shape[-1:], eps=self.eps) * (1 + scale) + shift
+
+
+@dataclass
+class TextContext:
+    """What the DiT makes of the prompt alone, the same at every step of a generation: so a
+    sampling loop computes it once (`LinearDiT.encode_text`) and steps with `LinearDiT.denoise`.
+    At 1024² that is real work: the 0.6B's 56 small key/value GEMMs took 0.37 of a step's 6.6 ms
+    of kernels on an H100."""
+
+    keys_values: list[tuple[Tensor, Tensor]]  # per block, the cross-attention's K and V [B, heads, L, d]
+    bias: Tensor  # [B, 1, 1, L]: 0 for a token, −10000 for padding
+
+    def copy_(self, other: TextContext) -> TextContext:
+        """Overwrite these tensors in place with `other`'s (a captured CUDA graph reads them)."""
+        for mine, theirs in zip(self.keys_values, other.keys_values, strict=True):
+            for a, b in zip(mine, theirs, strict=True):
+                a.copy_(b)
+        self.bias.copy_(other.bias)
+        return self
 
 
 class LinearDiT(nn.Module):
@@ -351,16 +374,25 @@ class LinearDiT(nn.Module):
         """latents [B, in, h, w], timestep [B] (0..1000, already × timestep_scale), text
         [B, L, caption_channels], text_mask [B, L] (1 = keep) → velocity [B, out, h, w] in the
         latents' dtype; the model computes in its own parameters' dtype."""
+        return self.denoise(latents, timestep, self.encode_text(text, text_mask))
+
+    def encode_text(self, text: Tensor, text_mask: Tensor) -> TextContext:
+        """The prompt's part of `forward`: text [B, L, caption_channels] and its mask → per block
+        the cross-attention's keys and values, and the padding's attention bias."""
+        dtype = self.scale_shift_table.dtype
+        text = self.caption_norm(self.caption_projection(text.to(dtype)))
+        # an additive −10000 rather than −inf, as diffusers: a row with every token masked stays finite
+        bias = (text_mask.to(dtype)[:, None, None, :] - 1) * 10000.0
+        return TextContext([block.attn2.keys_values(text) for block in self.transformer_blocks], bias)
+
+    def denoise(self, latents: Tensor, timestep: Tensor, context: TextContext) -> Tensor:
+        """`forward` with the prompt's part already computed (`encode_text`)."""
         batch, _, h, w = latents.shape
         dtype = self.scale_shift_table.dtype
         x = self.patch_embed(latents.to(dtype))
         modulation, t_embedding = self.time_embed(timestep.expand(batch), dtype)
-        text = self.caption_norm(self.caption_projection(text.to(dtype)))
-        # an additive −10000 rather than −inf, as diffusers: a row with every token masked stays finite
-        text_bias = (text_mask.to(dtype)[:, None, None, :] - 1) * 10000.0
-
-        for block in self.transformer_blocks:
-            x = block(x, modulation, text, text_bias, h, w)
+        for block, keys_values in zip(self.transformer_blocks, context.keys_values, strict=True):
+            x = block(x, modulation, keys_values, context.bias, h, w)
 
         x = self.proj_out(self.norm_out(x, self.scale_shift_table, t_embedding[:, None]))
         return x.transpose(1, 2).unflatten(2, (h, w)).to(latents.dtype)

@@ -5,11 +5,16 @@ guidance (unconditional text first), then uncond + scale·(cond − uncond). The
 launches ~600 kernels per step, each only microseconds of work, so from Python the step is bound
 by launching (~40 ms on an H100, accelerated or not). On CUDA the runner therefore captures that
 whole call once per (shapes, dtype, guidance on/off) as a CUDA graph, and each step only fills
-the graph's input buffers (latents, text, the timestep as a device tensor, the guidance scale) and
+the graph's input buffers (latents, the timestep as a device tensor, the guidance scale) and
 replays it: 7.3 ms, with no host synchronization. The solver's step stays outside: a few
 element-wise launches whose coefficients change every step, which the replay's queue hides.
 
-On the CPU, or with `graphs=False`, the call runs eagerly, exactly as the plain loop would.
+The prompt's part of the DiT (`LinearDiT.encode_text`: the caption projection and every block's
+text keys and values) is the same at every step, so it runs once per prompt, outside the graph,
+and the graph reads its result: a new prompt is a new `text` or `mask` tensor (the runner tells
+them apart by identity, and never reads them again once encoded, so change neither in place).
+
+On the CPU, or with `graphs=False`, the call runs eagerly, as the plain loop would.
 """
 
 from __future__ import annotations
@@ -21,17 +26,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .dit import TextContext
+
 
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
     latents: Tensor  # the static inputs the graph reads …
     timestep: Tensor
-    text: Tensor
-    mask: Tensor
+    context: TextContext
     guidance_scale: Tensor
     velocity: Tensor  # … and the output it writes
     keep_alive: object  # tensors read by the graph that the model may drop (its position table)
+    prompt: tuple  # the (text, mask) whose encoding `context` holds now; () after `bind`: encode anew
 
 
 class DenoiseRunner:
@@ -49,6 +56,7 @@ class DenoiseRunner:
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pool = None
         self._fingerprint = _fingerprint(dit)
+        self._encoded: tuple[Tensor, Tensor, TextContext] | None = None  # the eager path's last prompt
 
     @property
     def uses_graphs(self) -> bool:
@@ -57,17 +65,22 @@ class DenoiseRunner:
         return next(self.dit.parameters()).is_cuda
 
     def bind(self, dit: nn.Module) -> DenoiseRunner:
-        """Point the runner at `dit` as it is now; graphs captured for another state are dropped."""
+        """Point the runner at `dit` as it is now; graphs captured for another state are dropped,
+        and every prompt is encoded anew (the weights may have been loaded in place)."""
         fingerprint = _fingerprint(dit)
         if dit is not self.dit or fingerprint != self._fingerprint:
             self.forget()
             self.dit, self._fingerprint = dit, fingerprint
+        self._encoded = None
+        for captured in self._graphs.values():
+            captured.prompt = ()
         return self
 
     def forget(self) -> None:
         """Drop every captured graph and the memory pool they share."""
         self._graphs.clear()
         self._pool = None
+        self._encoded = None
 
     @torch.inference_mode()
     def velocity(
@@ -77,7 +90,9 @@ class DenoiseRunner:
         timestep_scale), text [2n or n, L, C_text] in the DiT's dtype and its mask (uncond first),
         guidance_scale (None: no guidance) → the guided velocity, fp32 [n, C, h, w]."""
         if not (self.uses_graphs and latents.is_cuda):
-            return self._forward(latents, timestep, text, mask, guidance_scale)
+            if not (self._encoded and self._encoded[0] is text and self._encoded[1] is mask):
+                self._encoded = (text, mask, self.dit.encode_text(text, mask))
+            return self._forward(latents, timestep, self._encoded[2], guidance_scale)
         guided = guidance_scale is not None
         key = (tuple(latents.shape), latents.dtype, tuple(text.shape), text.dtype, tuple(mask.shape), mask.dtype,
                latents.device, guided)
@@ -86,9 +101,10 @@ class DenoiseRunner:
             captured = self._capture(key, latents, timestep, text, mask, guidance_scale)
         else:
             self._graphs.move_to_end(key)
+        if not (captured.prompt and captured.prompt[0] is text and captured.prompt[1] is mask):
+            captured.context.copy_(self.dit.encode_text(text, mask))
+            captured.prompt = (text, mask)
         captured.latents.copy_(latents)
-        captured.text.copy_(text)
-        captured.mask.copy_(mask)
         captured.timestep.fill_(timestep)
         if guided:
             captured.guidance_scale.fill_(guidance_scale)
@@ -96,10 +112,11 @@ class DenoiseRunner:
         return captured.velocity.clone()  # the buffer is overwritten by the next replay
 
     def _forward(
-        self, latents: Tensor, timestep: float | Tensor, text: Tensor, mask: Tensor,
+        self, latents: Tensor, timestep: float | Tensor, context: TextContext,
         guidance_scale: float | Tensor | None,
     ) -> Tensor:
-        """The plain loop's model call, op for op (the Generator's own lines)."""
+        """The plain loop's model call, op for op (the Generator's own lines), with the prompt
+        already encoded."""
         guided = guidance_scale is not None
         dtype = next(self.dit.parameters()).dtype
         model_input = torch.cat([latents, latents]) if guided else latents
@@ -107,7 +124,7 @@ class DenoiseRunner:
             t = timestep
         else:
             t = torch.full((model_input.shape[0],), timestep, device=latents.device)
-        velocity = self.dit(model_input.to(dtype), t, text, mask).float()
+        velocity = self.dit.denoise(model_input.to(dtype), t, context).float()
         if guided:
             unconditional, conditional = velocity.chunk(2)
             velocity = unconditional + guidance_scale * (conditional - unconditional)
@@ -116,13 +133,13 @@ class DenoiseRunner:
     def _capture(self, key, latents, timestep, text, mask, guidance_scale) -> _Captured:
         guided = guidance_scale is not None
         batch = latents.shape[0] * (2 if guided else 1)
-        static_latents, static_text, static_mask = latents.clone(), text.clone(), mask.clone()
+        static_latents = latents.clone()
+        static_context = self.dit.encode_text(text, mask)
         static_t = torch.full((batch,), timestep, device=latents.device)
         static_scale = torch.full((), guidance_scale if guided else 1.0, device=latents.device)
 
         def call() -> Tensor:
-            return self._forward(static_latents, static_t, static_text, static_mask,
-                                 static_scale if guided else None)
+            return self._forward(static_latents, static_t, static_context, static_scale if guided else None)
 
         # Warm up on a side stream, as PyTorch's graph docs do: Triton compiles, cuBLAS picks its
         # kernels and the position table is built before capture, not inside it.
@@ -140,8 +157,8 @@ class DenoiseRunner:
             velocity = call()
         while len(self._graphs) >= self.max_graphs:
             self._graphs.popitem(last=False)
-        captured = _Captured(graph, static_latents, static_t, static_text, static_mask, static_scale, velocity,
-                             _position_table(self.dit, latents))
+        captured = _Captured(graph, static_latents, static_t, static_context, static_scale, velocity,
+                             _position_table(self.dit, latents), (text, mask))
         self._graphs[key] = captured
         return captured
 

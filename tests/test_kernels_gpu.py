@@ -127,15 +127,22 @@ def test_accelerated_dit_matches_the_plain_dit_at_1600m(config_file, image_side,
 
 
 def eager_and_graph_velocities(dit, runs):
-    """Each run: (latents, timestep, text, mask, guidance) through the graph runner, then eagerly."""
+    """Each run: (latents, timestep, text, mask, guidance) through the graph runner, then through
+    the DiT's plain forward (which encodes the prompt anew every call)."""
     from engine.runner import DenoiseRunner
 
     runner = DenoiseRunner(dit)
-    eager = DenoiseRunner(dit, graphs=False)
     pairs = []
     for latents, timestep, text, mask, guidance in runs:
         graphed = runner.velocity(latents, timestep, text, mask, guidance)
-        pairs.append((graphed, eager.velocity(latents, timestep, text, mask, guidance)))
+        with torch.inference_mode():
+            model_input = torch.cat([latents, latents]) if guidance is not None else latents
+            t = torch.full((model_input.shape[0],), timestep, device=latents.device)
+            eager = dit(model_input.half(), t, text, mask).float()
+            if guidance is not None:
+                unconditional, conditional = eager.chunk(2)
+                eager = unconditional + guidance * (conditional - unconditional)
+        pairs.append((graphed, eager))
     return runner, pairs
 
 
@@ -146,9 +153,11 @@ def test_graph_runner_gives_the_eager_velocities(record_property):
     accelerate_dit(dit)
     latents, text, mask = dit_inputs(2, 32)
     one, one_text, one_mask = latents[:1], text[1:], mask[1:]
-    runs = [  # new timesteps, latents and guidance each step; the unguided call is a second graph
+    runs = [  # new timesteps, latents and guidance each step; the unguided call is a second graph;
+        # the last, another prompt of the same shape (the graph must read its encoding, not the old one)
         (one, 999.0, text, mask, 4.5), (one * 0.5, 500.0, text, mask, 7.0),
         (one, 250.0, one_text, one_mask, None), (one.flip(-1), 10.0, text, mask, 4.5),
+        (one, 400.0, text.flip(1), mask, 4.5),
     ]
     runner, pairs = eager_and_graph_velocities(dit, runs)
     assert len(runner._graphs) == 2

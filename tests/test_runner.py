@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -73,15 +76,21 @@ def test_sampling_loop_through_the_runner_equals_the_plain_loop_bit_for_bit():
     assert torch.equal(got, expected)
 
 
+def captured_stand_in() -> SimpleNamespace:
+    """Stands in for a captured CUDA graph: the one field `bind` touches, the prompt it holds."""
+    return SimpleNamespace(prompt=(torch.zeros(1), torch.ones(1)))
+
+
 def test_bind_keeps_graphs_for_an_unchanged_dit_and_drops_them_when_it_changes():
     dit = tiny_dit()
     runner = DenoiseRunner(dit)
-    runner._graphs["captured"] = object()  # stands in for a CUDA graph
-    assert runner.bind(dit) is runner and "captured" in runner._graphs
+    runner._graphs["captured"] = captured = captured_stand_in()
+    assert runner.bind(dit) is runner and runner._graphs["captured"] is captured
+    assert captured.prompt == ()  # kept, but its prompt is encoded anew
     dit.to(torch.float64)  # new weight storage: a graph would read freed memory
     runner.bind(dit)
     assert not runner._graphs
-    runner._graphs["captured"] = object()
+    runner._graphs["captured"] = captured_stand_in()
     other = tiny_dit()
     runner.bind(other)
     assert runner.dit is other and not runner._graphs
@@ -93,7 +102,45 @@ def test_bind_notices_an_int8_switch():
     dit = tiny_dit()
     quantize_model(dit)
     runner = DenoiseRunner(dit)
-    runner._graphs["captured"] = object()
+    runner._graphs["captured"] = captured_stand_in()
     set_int8(dit, False)
     runner.bind(dit)
     assert not runner._graphs
+
+
+def test_the_prompt_is_encoded_once_per_text_and_mask(monkeypatch):
+    """Every step of a generation reuses the encoded prompt; a new text, a new mask or a `bind`
+    (once per generation: the weights may have been loaded in place) encode it again, and the
+    velocities stay the plain call's, bit for bit."""
+    dit = tiny_dit()
+    plain = copy.deepcopy(dit)  # the reference's own encodings are not the runner's
+    runner = DenoiseRunner(dit)
+    encoded = []
+    encode = dit.encode_text
+    monkeypatch.setattr(dit, "encode_text", lambda text, mask: encoded.append(text) or encode(text, mask))
+    text, mask = text_batch(guided=True)
+    latents = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(5))
+    for t in (900.0, 500.0, 100.0):
+        got = runner.velocity(latents, t, text, mask, 4.5)
+        with torch.inference_mode():
+            assert torch.equal(got, plain_velocity(plain, latents, t, text, mask, 4.5))
+    assert len(encoded) == 1
+
+    other_text = text.flip(1)  # another prompt
+    got = runner.velocity(latents, 300.0, other_text, mask, 4.5)
+    with torch.inference_mode():
+        assert torch.equal(got, plain_velocity(plain, latents, 300.0, other_text, mask, 4.5))
+    assert len(encoded) == 2 and encoded[-1] is other_text
+    other_mask = torch.ones_like(mask)
+    runner.velocity(latents, 300.0, other_text, other_mask, 4.5)
+    assert len(encoded) == 3
+    runner.velocity(latents, 200.0, other_text, other_mask, 4.5)
+    assert len(encoded) == 3
+    with torch.no_grad():
+        for model in (dit, plain):  # a load in place, then the generation's bind
+            model.caption_projection.linear_1.weight.mul_(2.0)
+    runner.bind(dit)
+    got = runner.velocity(latents, 200.0, other_text, other_mask, 4.5)
+    with torch.inference_mode():
+        assert torch.equal(got, plain_velocity(plain, latents, 200.0, other_text, other_mask, 4.5))
+    assert len(encoded) == 4

@@ -183,7 +183,7 @@ class FastOutputNorm(nn.Module):
 
     def forward(self, x: Tensor, table: Tensor, modulation: Tensor) -> Tensor:
         rows = modulation.expand(-1, table.shape[0], -1)  # one timestep row for both, as a view
-        return modulate.modulate(x.contiguous(), table, rows, 0, 1, self.eps)
+        return modulate.modulate(x, table, rows, 0, 1, self.eps)
 
 
 # Reference module type → its fused twin, built from (and sharing everything with) the original.

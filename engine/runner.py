@@ -56,7 +56,7 @@ class DenoiseRunner:
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pool = None
         self._fingerprint = _fingerprint(dit)
-        self._encoded: tuple[Tensor, Tensor, TextContext] | None = None  # the eager path's last prompt
+        self._encoded: tuple = ()  # the eager path's last (text, mask, its TextContext)
 
     @property
     def uses_graphs(self) -> bool:
@@ -71,7 +71,7 @@ class DenoiseRunner:
         if dit is not self.dit or fingerprint != self._fingerprint:
             self.forget()
             self.dit, self._fingerprint = dit, fingerprint
-        self._encoded = None
+        self._encoded = ()
         for captured in self._graphs.values():
             captured.prompt = ()
         return self
@@ -80,7 +80,7 @@ class DenoiseRunner:
         """Drop every captured graph and the memory pool they share."""
         self._graphs.clear()
         self._pool = None
-        self._encoded = None
+        self._encoded = ()
 
     @torch.inference_mode()
     def velocity(
@@ -90,7 +90,7 @@ class DenoiseRunner:
         timestep_scale), text [2n or n, L, C_text] in the DiT's dtype and its mask (uncond first),
         guidance_scale (None: no guidance) → the guided velocity, fp32 [n, C, h, w]."""
         if not (self.uses_graphs and latents.is_cuda):
-            if not (self._encoded and self._encoded[0] is text and self._encoded[1] is mask):
+            if not _holds(self._encoded[:2], text, mask):
                 self._encoded = (text, mask, self.dit.encode_text(text, mask))
             return self._forward(latents, timestep, self._encoded[2], guidance_scale)
         guided = guidance_scale is not None
@@ -101,7 +101,7 @@ class DenoiseRunner:
             captured = self._capture(key, latents, timestep, text, mask, guidance_scale)
         else:
             self._graphs.move_to_end(key)
-        if not (captured.prompt and captured.prompt[0] is text and captured.prompt[1] is mask):
+        if not _holds(captured.prompt, text, mask):
             captured.context.copy_(self.dit.encode_text(text, mask))
             captured.prompt = (text, mask)
         captured.latents.copy_(latents)
@@ -161,6 +161,11 @@ class DenoiseRunner:
                              _position_table(self.dit, latents), (text, mask))
         self._graphs[key] = captured
         return captured
+
+
+def _holds(prompt: tuple, text: Tensor, mask: Tensor) -> bool:
+    """Whether `prompt` is these very (text, mask) tensors: a new prompt comes as new tensors."""
+    return len(prompt) == 2 and prompt[0] is text and prompt[1] is mask
 
 
 def _fingerprint(dit: nn.Module) -> tuple:

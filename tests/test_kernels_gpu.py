@@ -130,19 +130,14 @@ def eager_and_graph_velocities(dit, runs):
     """Each run: (latents, timestep, text, mask, guidance) through the graph runner, then through
     the DiT's plain forward (which encodes the prompt anew every call)."""
     from engine.runner import DenoiseRunner
+    from tests.test_runner import plain_velocity
 
     runner = DenoiseRunner(dit)
     pairs = []
     for latents, timestep, text, mask, guidance in runs:
         graphed = runner.velocity(latents, timestep, text, mask, guidance)
         with torch.inference_mode():
-            model_input = torch.cat([latents, latents]) if guidance is not None else latents
-            t = torch.full((model_input.shape[0],), timestep, device=latents.device)
-            eager = dit(model_input.half(), t, text, mask).float()
-            if guidance is not None:
-                unconditional, conditional = eager.chunk(2)
-                eager = unconditional + guidance * (conditional - unconditional)
-        pairs.append((graphed, eager))
+            pairs.append((graphed, plain_velocity(dit, latents, timestep, text, mask, guidance)))
     return runner, pairs
 
 

@@ -1,8 +1,8 @@
 """Fused CUDA twins of the DiT's blocks, swapped in by module type.
 
 `engine/dit.py` stays the readable reference, with no `if cuda:` in it. On a CUDA GPU,
-`accelerate_dit` replaces, in place, each `SanaBlock`, `LinearSelfAttention`, `MixFFN` and
-`OutputNorm` with a twin that holds the very same child modules and Parameters (so the state_dict,
+`accelerate_dit` replaces, in place, each `SanaBlock`, `LinearSelfAttention`, `CrossAttention`,
+`MixFFN` and `OutputNorm` with a twin that holds the very same child modules and Parameters (so the state_dict,
 `.to()`, loading and `quant/`'s swaps by name all see the model they know) and computes the same
 function with the kernels of `engine/kernels/`:
 
@@ -12,6 +12,7 @@ function with the kernels of `engine/kernels/`:
   modulation (`add_modulate`). Eagerly these are ~20 launches and passes per block.
 - `FastLinearSelfAttention`: the ReLU linear attention between the projections and `to_out` in two
   launches that read q, k, v where the projections left them (no transposes, no fp32 copies).
+- `FastCrossAttention`: reads each row's text tokens and skips its padding, instead of masking it.
 - `FastMixFFN`: SiLU → depthwise 3×3 → value·SiLU(gate) in one pass over the widest tensor.
 - `FastOutputNorm`: the final AdaLN in front of `proj_out`, one `modulate` pass.
 
@@ -30,7 +31,14 @@ from torch import Tensor, nn
 
 from quant import QuantLinear, int8_gemm, quantize_tokens
 
-from .dit import LinearSelfAttention, MixFFN, OutputNorm, SanaBlock
+from .dit import (
+    CrossAttention,
+    LinearSelfAttention,
+    MixFFN,
+    OutputNorm,
+    SanaBlock,
+    TextPadding,
+)
 
 try:  # Triton ships for Linux x86-64 only; elsewhere accelerate_dit says so and changes nothing
     from .kernels import glu, linear_attention, modulate
@@ -38,6 +46,13 @@ except ImportError as error:
     _KERNELS_MISSING: ImportError | None = error
 else:
     _KERNELS_MISSING = None
+
+# Flash attention over rows that each read their own number of keys (`seqused_k`): the op under
+# PyTorch's `torch.nn.attention.varlen.varlen_attn`, called directly because that wrapper gained
+# the argument only after PyTorch 2.11, where the op already had it.
+_FLASH = getattr(torch.ops.aten, "_flash_attention_forward", None)
+if _FLASH is not None and "seqused_k" not in str(_FLASH.default._schema):
+    _FLASH = None
 
 FP16_MAX = 65504.0
 
@@ -117,6 +132,54 @@ def _are_its_rows(parts: list[Tensor], stacked: Tensor) -> bool:
     return True
 
 
+class FastCrossAttention(nn.Module):
+    """`CrossAttention` that reads each row's first `padding.lengths` text tokens instead of adding
+    a mask over all of them: flash attention with per-row key counts, where a mask sends PyTorch's
+    attention to a slower kernel (0.37 against 0.26 ms at 1.6B 4096² on an H100). The CFG step,
+    old and new interleaved: 178.8 → 176.4 ms FP16 at 1.6B 4096², 6.39 → 6.14 ms at 0.6B 1024²."""
+
+    def __init__(self, attn: CrossAttention):
+        super().__init__()
+        self.heads = attn.heads
+        self.to_q, self.to_k, self.to_v = attn.to_q, attn.to_k, attn.to_v
+        self.norm_q, self.norm_k = attn.norm_q, attn.norm_k
+        self.to_out = attn.to_out
+        self._starts: dict[tuple, Tensor] = {}  # (rows, length, device) → each row's first index
+
+    def keys_values(self, text: Tensor) -> tuple[Tensor, Tensor]:
+        return CrossAttention.keys_values(self, text)
+
+    def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], padding: TextPadding) -> Tensor:
+        batch, tokens, _ = x.shape
+        q = self.norm_q(self.to_q(x)).view(batch * tokens, self.heads, -1)
+        # [B, heads, L, d] views of [B, L, heads, d] memory: as [B·L, heads, d], no copy
+        k, v = (t.transpose(1, 2).reshape(-1, self.heads, t.shape[-1]) for t in keys_values)
+        out = attend_text_prefix(q, k, v, self._rows_start(batch, tokens, x.device),
+                                 self._rows_start(batch, keys_values[0].shape[2], x.device), padding.lengths)
+        return self.to_out(out.view(batch, tokens, -1))
+
+    def _rows_start(self, rows: int, length: int, device: torch.device) -> Tensor:
+        """[0, length, 2·length, …, rows·length] int32, made once (a CUDA graph reads it in place)."""
+        key = (rows, length, device)
+        if key not in self._starts:
+            self._starts[key] = torch.arange(0, (rows + 1) * length, length, dtype=torch.int32, device=device)
+        return self._starts[key]
+
+
+def attend_text_prefix(q: Tensor, k: Tensor, v: Tensor, q_starts: Tensor, k_starts: Tensor, lengths: Tensor) -> Tensor:
+    """Softmax attention of rows of queries q [Σ, heads, d] (row i: q_starts[i]:q_starts[i+1]) to
+    the first lengths[i] keys and values of their row of k, v [Σ, heads, d] → [Σ, heads, d].
+    Flash attention where it runs (CUDA, 16-bit, d a multiple of 8), else the masked reference."""
+    rows, (total, heads, dim) = lengths.shape[0], q.shape
+    q_len, k_len = total // rows, k.shape[0] // rows
+    if _FLASH is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dim % 8 == 0:
+        return _FLASH(q, k, v, q_starts, k_starts, q_len, k_len, 0.0, False, False, seqused_k=lengths)[0]
+    q, k, v = (t.view(rows, -1, heads, dim).transpose(1, 2) for t in (q, k, v))
+    keep = torch.arange(k_len, device=q.device) < lengths[:, None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+    return out.transpose(1, 2).reshape(total, heads, dim)
+
+
 class FastMixFFN(nn.Module):
     """`MixFFN` with SiLU, the depthwise conv and the gating fused. NCHW in and out, any memory
     layout in; channels-last out (the DiT's tokens-major layout)."""
@@ -157,7 +220,7 @@ class FastSanaBlock(nn.Module):
         self.scale_shift_table = block.scale_shift_table
 
     def forward(
-        self, x: Tensor, modulation: Tensor, keys_values: tuple[Tensor, Tensor], text_bias: Tensor, h: int, w: int
+        self, x: Tensor, modulation: Tensor, keys_values: tuple[Tensor, Tensor], padding: TextPadding, h: int, w: int
     ) -> Tensor:
         ada = (self.scale_shift_table, modulation)
         x = x.contiguous()  # a no-op for what `LinearDiT` hands over; the kernels need it
@@ -165,7 +228,7 @@ class FastSanaBlock(nn.Module):
         x = modulate.gated_residual(x, self.attn1(y, clamp=False), *ada, modulate.GATE_MSA, clamp=True)
         # x is this block's own tensor from here on, so the residuals may update it in place
         x, y = modulate.add_modulate(
-            x, self.attn2(x, keys_values, text_bias), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps
+            x, self.attn2(x, keys_values, padding), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps
         )
         batch, tokens, dim = x.shape
         y = self.ff(y.unflatten(1, (h, w)).permute(0, 3, 1, 2))
@@ -190,6 +253,7 @@ class FastOutputNorm(nn.Module):
 TWINS: dict[type[nn.Module], type[nn.Module]] = {
     SanaBlock: FastSanaBlock,
     LinearSelfAttention: FastLinearSelfAttention,
+    CrossAttention: FastCrossAttention,
     MixFFN: FastMixFFN,
     OutputNorm: FastOutputNorm,
 }

@@ -269,9 +269,9 @@ class CrossAttention(nn.Module):
         v = self.to_v(text).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         return k, v
 
-    def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], text_bias: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], padding: TextPadding) -> Tensor:
         q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1)).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, *keys_values, attn_mask=text_bias)
+        out = F.scaled_dot_product_attention(q, *keys_values, attn_mask=padding.bias)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
 
@@ -308,14 +308,14 @@ class SanaBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
     def forward(
-        self, x: Tensor, modulation: Tensor, keys_values: tuple[Tensor, Tensor], text_bias: Tensor, h: int, w: int
+        self, x: Tensor, modulation: Tensor, keys_values: tuple[Tensor, Tensor], padding: TextPadding, h: int, w: int
     ) -> Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table + modulation
         ).chunk(6, dim=1)
         y = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps) * (1 + scale_msa) + shift_msa
         x = x + gate_msa * self.attn1(y)
-        x = x + self.attn2(x, keys_values, text_bias)
+        x = x + self.attn2(x, keys_values, padding)
         y = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps) * (1 + scale_mlp) + shift_mlp
         y = self.ff(y.unflatten(1, (h, w)).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
         return x + gate_mlp * y
@@ -336,6 +336,30 @@ class OutputNorm(nn.Module):
 
 
 @dataclass
+class TextPadding:
+    """Which text tokens the cross-attention reads. `LinearDiT.encode_text` puts each row's tokens
+    first and its padding last, so both forms below say the same: the reference adds `bias`, the
+    fused path (`engine/accelerate.py`) reads only the first `lengths` keys of each row."""
+
+    bias: Tensor  # [B, 1, 1, L]: 0 for a token, −10000 for padding
+    lengths: Tensor  # [B] int32: the row's tokens; L for a row with none (the bias then masks nothing)
+
+    @classmethod
+    def of(cls, keep: Tensor, dtype: torch.dtype) -> TextPadding:
+        """From a mask [B, L] (1 = token) whose tokens come first in each row."""
+        # an additive −10000 rather than −inf, as diffusers: a row with every token masked stays
+        # finite — and, softmax being shift-free, attends to all L, which `lengths` says as L
+        bias = (keep.to(dtype)[:, None, None, :] - 1) * 10000.0
+        counts = keep.sum(dim=1, dtype=torch.int32)
+        return cls(bias, torch.where(counts == 0, keep.shape[1], counts).to(torch.int32))
+
+    def copy_(self, other: TextPadding) -> TextPadding:
+        self.bias.copy_(other.bias)
+        self.lengths.copy_(other.lengths)
+        return self
+
+
+@dataclass
 class TextContext:
     """What the DiT makes of the prompt alone, the same at every step of a generation: so a
     sampling loop computes it once (`LinearDiT.encode_text`) and steps with `LinearDiT.denoise`.
@@ -343,14 +367,14 @@ class TextContext:
     of kernels on an H100."""
 
     keys_values: list[tuple[Tensor, Tensor]]  # per block, the cross-attention's K and V [B, heads, L, d]
-    bias: Tensor  # [B, 1, 1, L]: 0 for a token, −10000 for padding
+    padding: TextPadding
 
     def copy_(self, other: TextContext) -> TextContext:
         """Overwrite these tensors in place with `other`'s (a captured CUDA graph reads them)."""
         for mine, theirs in zip(self.keys_values, other.keys_values, strict=True):
             for a, b in zip(mine, theirs, strict=True):
                 a.copy_(b)
-        self.bias.copy_(other.bias)
+        self.padding.copy_(other.padding)
         return self
 
 
@@ -378,12 +402,18 @@ class LinearDiT(nn.Module):
 
     def encode_text(self, text: Tensor, text_mask: Tensor) -> TextContext:
         """The prompt's part of `forward`: text [B, L, caption_channels] and its mask → per block
-        the cross-attention's keys and values, and the padding's attention bias."""
+        the cross-attention's keys and values, and which of them are padding."""
         dtype = self.scale_shift_table.dtype
+        # Each row's tokens first, its padding last (the stable order keeps a tokenizer's padded
+        # rows as they are): attention does not depend on the keys' order, and the fused path
+        # can then read a row's first tokens instead of masking.
+        keep = (text_mask != 0).to(torch.int32)
+        order = keep.argsort(dim=1, descending=True, stable=True)
+        keep = keep.gather(1, order)
+        text = text.gather(1, order[..., None].expand_as(text))
         text = self.caption_norm(self.caption_projection(text.to(dtype)))
-        # an additive −10000 rather than −inf, as diffusers: a row with every token masked stays finite
-        bias = (text_mask.to(dtype)[:, None, None, :] - 1) * 10000.0
-        return TextContext([block.attn2.keys_values(text) for block in self.transformer_blocks], bias)
+        keys_values = [block.attn2.keys_values(text) for block in self.transformer_blocks]
+        return TextContext(keys_values, TextPadding.of(keep, dtype))
 
     def denoise(self, latents: Tensor, timestep: Tensor, context: TextContext) -> Tensor:
         """`forward` with the prompt's part already computed (`encode_text`)."""
@@ -392,7 +422,7 @@ class LinearDiT(nn.Module):
         x = self.patch_embed(latents.to(dtype))
         modulation, t_embedding = self.time_embed(timestep.expand(batch), dtype)
         for block, keys_values in zip(self.transformer_blocks, context.keys_values, strict=True):
-            x = block(x, modulation, keys_values, context.bias, h, w)
+            x = block(x, modulation, keys_values, context.padding, h, w)
 
         x = self.proj_out(self.norm_out(x, self.scale_shift_table, t_embedding[:, None]))
         return x.transpose(1, 2).unflatten(2, (h, w)).to(latents.dtype)

@@ -55,7 +55,7 @@ def test_twins_on_cpu_compute_the_plain_dit_bit_for_bit(overrides):
     plain = tiny_dit(**overrides)
     fused = copy.deepcopy(plain)
     report = swap_in_twins(fused)
-    assert report.fused_total == 3 * plain.config.num_layers + 1  # + the output norm
+    assert report.fused_total == 4 * plain.config.num_layers + 1  # + the output norm
     assert all(isinstance(block, FastSanaBlock) for block in fused.transformer_blocks)
     with torch.inference_mode():
         assert torch.equal(fused(*dit_inputs()), plain(*dit_inputs()))
@@ -132,6 +132,36 @@ def test_self_attention_projections_run_as_one_gemm_over_the_layers_own_memory(i
     assert attn._stacks[name] is not stacked
 
 
+@pytest.mark.parametrize("case", ["holes", "one_row_all_padding"])
+def test_cross_attention_reads_a_rows_tokens_wherever_the_mask_puts_them(case):
+    """`encode_text` moves each row's tokens first so the fused cross-attention can read a row's
+    first `lengths` keys: the plain DiT and the twins (their CPU path builds its mask from the
+    lengths alone) must give what the tokens give, in whatever order the mask leaves them — here
+    against the same prompt with its tokens reversed."""
+    from engine.accelerate import swap_in_twins
+
+    plain = tiny_dit()
+    fused = copy.deepcopy(plain)
+    swap_in_twins(fused)
+    latents, timestep, text, _ = dit_inputs()
+    mask = torch.tensor([[1, 0, 1, 1, 0, 0, 1], [0, 1, 1, 0, 1, 1, 0]])
+    if case == "one_row_all_padding":  # the reference's finite bias: such a row attends to all 7
+        mask[0] = 0
+    # an all-padding row: the reference's scores − 10000 keep only ~1e-3 of their resolution in
+    # fp32, where the twin, attending to all 7, adds nothing
+    tolerance = 1e-6 if case == "holes" else 1e-3
+    flipped = (latents, timestep, text.flip(1), mask.flip(1))
+    with torch.inference_mode():
+        want = plain(*flipped)
+        assert rel_err(plain(latents, timestep, text, mask), want) < tolerance
+        assert rel_err(fused(latents, timestep, text, mask), want) < tolerance
+        if case == "holes":  # and the padding is really left out: other values there change nothing
+            noise = torch.randn_like(text) * (mask == 0)[..., None]
+            assert rel_err(fused(latents, timestep, text + noise, mask), want) < 1e-6
+    lengths = plain.encode_text(text, mask).padding.lengths
+    assert lengths.tolist() == ([4, 4] if case == "holes" else [7, 4])
+
+
 def test_accelerate_dit_leaves_a_cpu_model_alone_and_says_why():
     from engine.accelerate import accelerate_dit
 
@@ -149,7 +179,7 @@ def test_swapping_twice_changes_nothing_more():
     first = swap_in_twins(dit)
     modules = list(dit.modules())
     second = swap_in_twins(dit)
-    assert len(first.swapped) == 7 and second.swapped == () and second.fused_total == 7
+    assert len(first.swapped) == 9 and second.swapped == () and second.fused_total == 9
     assert list(dit.modules()) == modules
 
 

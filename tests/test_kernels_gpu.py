@@ -81,6 +81,30 @@ def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
     check(record_property, "conv_glu_exact_silu", glu.conv_glu(expanded, weight, bias, silu=glu.EXACT), want)
 
 
+@pytest.mark.parametrize("heads, head_dim, tokens", [(16, 72, 1024), (20, 112, 16384)], ids=["600m_1024", "1600m_4096"])
+def test_cross_attention_over_each_rows_tokens_matches_masked_attention(heads, head_dim, tokens, record_property):
+    """`attend_text_prefix` (flash attention reading each row's first `lengths` keys) against
+    fp32 softmax attention with the padding masked, as the reference DiT computes it: a short
+    unconditional row, a full one, one of a single token."""
+    from engine import accelerate
+    from engine.accelerate import attend_text_prefix
+
+    assert accelerate._FLASH is not None, "this PyTorch has no flash attention with per-row key counts"
+    generator = torch.Generator("cuda").manual_seed(0)
+    rows, length = 3, 300
+    q = torch.randn(rows * tokens, heads, head_dim, device="cuda", generator=generator).half()
+    k, v = (torch.randn(rows * length, heads, head_dim, device="cuda", generator=generator).half() for _ in range(2))
+    lengths = torch.tensor([40, 300, 1], dtype=torch.int32, device="cuda")
+    starts = [torch.arange(0, (rows + 1) * n, n, dtype=torch.int32, device="cuda") for n in (tokens, length)]
+    poison_allocator(q.numel())
+    got = attend_text_prefix(q, k, v, *starts, lengths)
+    keep = torch.arange(length, device="cuda") < lengths[:, None].long()
+    bias = (keep.float()[:, None, None, :] - 1) * 10000.0
+    as_rows = [t.float().view(rows, -1, heads, head_dim).transpose(1, 2) for t in (q, k, v)]
+    want = torch.nn.functional.scaled_dot_product_attention(*as_rows, attn_mask=bias)
+    check(record_property, "cross_attention_prefix", got, want.transpose(1, 2).reshape(q.shape))
+
+
 def build_dit(config_file: str) -> LinearDiT:
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -121,7 +145,7 @@ def test_accelerated_dit_matches_the_plain_dit_at_1600m(config_file, image_side,
     error = rel_err(got, expected)
     record_property("relative_error", error)
     print(f"{config_file} {image_side}²: accelerated vs plain, relative error {error:.2e}; {report}")
-    assert report.fused_total == 3 * dit.config.num_layers + 1  # + the output norm
+    assert report.fused_total == 4 * dit.config.num_layers + 1  # + the output norm
     assert torch.isfinite(got).all()
     assert error <= DIT_TOLERANCE
 

@@ -54,8 +54,10 @@ SCHEMA = (
     Setting("recent_models", [], "Model folders opened before, newest first."),
     Setting(
         "precision", "auto",
-        "FP16 runs the transformer in 16 bits on a GPU (FP32 on the CPU). INT8 (W8A8) halves its "
-        "memory and is faster on a CUDA GPU.",
+        "FP16 runs the transformer in 16 bits on a GPU (FP32 on the CPU). INT8 (W8A8) runs its "
+        "large matrix products in 8 bits on a CUDA GPU: about 1.3× as fast at 4096², about "
+        "the same at 1024². It keeps an 8-bit copy of those weights beside the 16-bit ones "
+        "(0.5 GB for the 0.6B model, 1.4 GB for the 1.6B), so switching back costs nothing.",
         choices=(("auto", "FP16 (FP32 on the CPU)"), ("int8", "INT8 (W8A8)")),
     ),
     Setting(

@@ -56,8 +56,9 @@ SCHEMA = (
         "precision", "auto",
         "FP16 runs the transformer in 16 bits on a GPU (FP32 on the CPU). INT8 (W8A8) runs its "
         "large matrix products in 8 bits on a CUDA GPU: about 1.3× as fast at 4096², about "
-        "the same at 1024². It keeps an 8-bit copy of those weights beside the 16-bit ones "
-        "(0.5 GB for the 0.6B model, 1.4 GB for the 1.6B), so switching back costs nothing.",
+        "the same at 1024², and those weights take half the GPU memory (0.5 GB less for the "
+        "0.6B model, 1.35 GB for the 1.6B): their 16-bit copies wait in system memory, so "
+        "switching back reads nothing from disk.",
         choices=(("auto", "FP16 (FP32 on the CPU)"), ("int8", "INT8 (W8A8)")),
     ),
     Setting(

@@ -45,7 +45,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quant import quantize_model
+from quant import quantize_model, set_int8
 
 from engine.dcae import DCAE, DCAEConfig
 from engine.dit import DiTConfig, LinearDiT
@@ -356,7 +356,10 @@ class DiTVariants:
             return self.plain
         dit = _twin(self.plain)
         if precision == "int8":
-            quantize_model(dit)  # W8A8 on, the float weights shared with the plain DiT
+            quantize_model(dit)  # W8A8 on, made from the float weights the plain DiT holds
+            # as SanaModel.set_precision on a GPU: the quantized layers' 16-bit weights wait in
+            # host memory (the plain DiT keeps its own references, so the other rows still run)
+            set_int8(dit, True, park_float=next(dit.parameters()).is_cuda)
         if impl == "ours+kernels":
             accelerate_dit, missing = _optional("accelerate", "accelerate_dit")
             if missing:

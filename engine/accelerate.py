@@ -86,13 +86,21 @@ class FastLinearSelfAttention(nn.Module):
         if any(layer.bias is not None for layer in layers):
             return [layer(x) for layer in layers]
         if all(isinstance(layer, QuantLinear) and layer.int8 for layer in layers):
+            self._keep_stacks("weight_int8", "weight_scale")
             weight, scale = (stack_rows(layers, name, self._stacks) for name in ("weight_int8", "weight_scale"))
             qkv = int8_gemm(*quantize_tokens(x), weight, scale, None, self.to_q.weight.dtype)
         elif not any(getattr(layer, "int8", False) for layer in layers):
+            self._keep_stacks("weight")
             qkv = F.linear(x, stack_rows(layers, "weight", self._stacks))
         else:  # some switched to INT8 and some not: only a policy change mid-run would do that
             return [layer(x) for layer in layers]
         return list(qkv.view(*x.shape[:-1], -1).split([layer.out_features for layer in layers], dim=-1))
+
+    def _keep_stacks(self, *names: str) -> None:
+        """Drop the other precision's stacks: they would keep on the GPU the weights that a switch
+        has parked in host memory (float) or dropped (int8)."""
+        for name in set(self._stacks) - set(names):
+            del self._stacks[name]
 
 
 def stack_rows(layers: tuple[nn.Module, ...], name: str, stacks: dict[str, Tensor]) -> Tensor:

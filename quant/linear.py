@@ -2,12 +2,15 @@
 
 Memory and the INT8 ↔ FP16 switch: each layer keeps its float weight and bias — the very
 Parameters of the layer it was built from, so the model's state_dict keys and values do not change
-— beside an int8 copy of the weight and its fp32 scales. The app flips `int8` between generations
-at no cost and without reading the checkpoint again, and the float path is the original layer's
-own forward, bit for bit. The price is the int8 copy: half the float weight's bytes, for the
-quantized layers only (about 0.5 GB for the 0.6B DiT and 1.35 GB for the 1.6B one, beside 1.2 and
-3.2 GB of fp16 weights), which a 16 GB GPU affords. The int8 buffers are derived data: they are not
-saved in the state_dict and are recomputed whenever one is loaded.
+— beside an int8 copy of the weight and its fp32 scales. `int8` flips between generations without
+reading the checkpoint again, and the float path is the original layer's own forward, bit for bit.
+The int8 copy is half the float weight's bytes, for the quantized layers only (about 0.5 GB for
+the 0.6B DiT and 1.35 GB for the 1.6B one, beside 1.2 and 3.2 GB of fp16 weights). While a layer
+runs INT8 it does not read its float weight, so that can wait in host memory
+(`park_float_weight`, which `set_int8(..., park_float=True)` does for a whole model): the GPU then
+holds the int8 copy instead of the 16-bit weight, not beside it, and switching back copies the
+weight up again. The int8 buffers are derived data: they are not saved in the state_dict and are
+recomputed whenever one is loaded.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class _Int8Weight:
 
     int8: bool
     weight: nn.Parameter
+    _parked: torch.Tensor | None = None  # the float weight, in host memory, while parked
 
     def _init_int8(self, out_features: int, in_features: int, device) -> None:
         self.int8 = True
@@ -41,6 +45,30 @@ class _Int8Weight:
     def requantize(self) -> None:
         """Recompute the int8 weight from the float one (done on build and after load_state_dict)."""
         self.weight_int8, self.weight_scale = quantize_per_channel(self.weight.reshape(self.weight.shape[0], -1))
+
+    @property
+    def parked(self) -> bool:
+        return self._parked is not None
+
+    @torch.no_grad()
+    def park_float_weight(self) -> None:
+        """Move the float weight to host memory; the Parameter keeps an empty placeholder of its
+        dtype and device (so `.to()` still moves and casts it), and the layer runs INT8 only."""
+        if self._parked is None:
+            self._parked = self.weight.detach().to("cpu")
+            self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
+
+    @torch.no_grad()
+    def unpark_float_weight(self) -> None:
+        """Put the float weight back, where and in what dtype the placeholder now is."""
+        if self._parked is not None:
+            self.weight.data = self._parked.to(device=self.weight.device, dtype=self.weight.dtype)
+            self._parked = None
+
+    def _float_forward_allowed(self) -> None:
+        if self._parked is not None:
+            raise RuntimeError("this layer's float weight is parked in host memory: switch it back with "
+                               "set_int8(model, False), which puts it in place, before running it in float")
 
     def gemm(self, a_q: torch.Tensor, a_scale: torch.Tensor) -> torch.Tensor:
         """The W8A8 GEMM on an activation already quantized per token — e.g. once for Q, K and V:
@@ -85,6 +113,7 @@ class QuantLinear(_Int8Weight, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.int8:
+            self._float_forward_allowed()
             return super().forward(x)
         return self.gemm(*quantize_tokens(x)).reshape(*x.shape[:-1], self.out_features)
 
@@ -128,6 +157,7 @@ class QuantPointwiseConv(_Int8Weight, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.int8:
+            self._float_forward_allowed()
             return super().forward(x)
         batch, channels, height, width = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)

@@ -58,8 +58,14 @@ def quantize_model(model: nn.Module, policy: QuantPolicy = DEFAULT_POLICY) -> Qu
     return QuantReport(tuple(quantized), tuple(kept), int8_bytes)
 
 
-def set_int8(model: nn.Module, enabled: bool) -> int:
+def set_int8(model: nn.Module, enabled: bool, park_float: bool = False) -> int:
     """Switch every quantized layer to W8A8 (True) or back to its float forward (False).
+
+    `park_float` (with True) moves the quantized layers' float weights to host memory while they
+    run INT8 — on a GPU, the int8 copies then replace the 16-bit weights instead of sitting beside
+    them (1.35 GB instead of 4.05 for the 1.6B's layers). Switching back to float puts any parked
+    weight in place first. Do not park weights that another model shares (the placeholder is the
+    same Parameter), and load no state_dict into a model while its weights are parked.
 
     Returns how many layers were switched; raises ValueError when asked for INT8 on a model that
     `quantize_model` has not touched, rather than silently running it in float.
@@ -68,6 +74,10 @@ def set_int8(model: nn.Module, enabled: bool) -> int:
     if enabled and not layers:
         raise ValueError(f"this {type(model).__name__} has no quantized layer: call quantize_model first")
     for layer in layers:
+        if enabled and park_float:
+            layer.park_float_weight()
+        elif not enabled:
+            layer.unpark_float_weight()
         layer.int8 = enabled
     return len(layers)
 

@@ -57,3 +57,39 @@ def test_an_8bit_text_encoder_loads_through_bitsandbytes_and_draws_the_same_pict
     value = psnr(image, plain)
     print(f"8-bit text encoder vs 16-bit: PSNR {value:.1f} dB")
     assert value >= 25.0
+
+
+def gpu_resident_bytes(module) -> int:
+    """Bytes of the distinct CUDA storages the module holds: parameters, buffers, and the fused
+    twins' stacked weights (`engine.accelerate.stack_rows`)."""
+    import itertools
+
+    tensors = itertools.chain(module.parameters(), module.buffers(),
+                              *(getattr(m, "_stacks", {}).values() for m in module.modules()))
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.is_cuda}
+    return sum(storages.values())
+
+
+@pytest.mark.gpu
+def test_int8_holds_its_own_weights_on_the_gpu_and_switching_back_is_exact(tiny_model_dir):
+    """INT8 parks the quantized layers' 16-bit weights in host memory (the GPU holds their int8
+    copies instead), FP16 drops the int8 copies again: each precision holds only its own weights,
+    and FP16 after INT8 draws the same bits as before it."""
+    from quant import QuantLinear, QuantPointwiseConv
+
+    model = load_model(tiny_model_dir, device="cuda")
+    generator = Generator(model, previews=False)
+    request = GenerationRequest("a red circle on the left", width=64, height=64, steps=4, seed=5, precision="fp16")
+    fp16_image = generator.generate(request)[0]
+    fp16_bytes = gpu_resident_bytes(model.dit)
+    int8_image = generator.generate(request.replace(precision="int8"))[0]
+    layers = [m for m in model.dit.modules() if isinstance(m, (QuantLinear, QuantPointwiseConv))]
+    assert layers and all(layer.parked and layer._parked.device.type == "cpu" for layer in layers)
+    float_bytes = sum(layer._parked.numel() * layer._parked.element_size() for layer in layers)
+    int8_bytes = sum(layer.weight_int8.numel() + 4 * layer.weight_scale.numel() for layer in layers)
+    assert gpu_resident_bytes(model.dit) == fp16_bytes - float_bytes + int8_bytes
+    assert psnr(int8_image, fp16_image) >= 25.0
+    back = generator.generate(request)[0]
+    assert not any(isinstance(m, (QuantLinear, QuantPointwiseConv)) for m in model.dit.modules())
+    assert gpu_resident_bytes(model.dit) == fp16_bytes
+    assert list(back.getdata()) == list(fp16_image.getdata())

@@ -37,6 +37,9 @@ def test_int8_switches_on_and_off_without_reading_the_checkpoint(tiny_model_dir,
     again = pixels(generator.generate(request))
     assert not any(layer.int8 for layer in int8_layers)
     assert np.array_equal(again, float_image), "back to fp32 must be bit-identical"
+    assert not any(isinstance(m, QuantLinear) for m in model.dit.modules()), "the int8 copies are dropped"
+    # INT8 again is made again from the same float weights: the same picture, still no disk read
+    assert np.array_equal(pixels(generator.generate(request.replace(precision="int8"))), int8_image)
 
 
 def test_cli_precision_int8_runs_on_the_cpu(tiny_model_dir, tmp_path):

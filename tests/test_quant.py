@@ -326,6 +326,41 @@ def test_quantize_model_swaps_exactly_the_policy_layers_and_switches_back_bit_id
     assert torch.equal(model(**inputs).sample, reference)
 
 
+@torch.no_grad()
+def test_parked_float_weights_wait_in_host_memory_and_come_back_unchanged():
+    """`set_int8(..., park_float=True)`: INT8 runs without the float weights (each Parameter an
+    empty placeholder of its dtype), float refuses to run until they are back, and switching back
+    puts them in place bit for bit — also after a cast of the parked model (exact to float64)."""
+    model = _tiny_sana()
+    inputs = {"hidden_states": torch.randn(2, 8, 8, 8), "encoder_hidden_states": torch.randn(2, 7, 48),
+              "timestep": torch.tensor([500.0, 20.0])}
+    reference = model(**inputs).sample
+    quant.quantize_model(model)
+    int8_out = model(**inputs).sample
+    layers = [m for m in model.modules() if isinstance(m, (quant.QuantLinear, quant.QuantPointwiseConv))]
+    weights = {id(layer): layer.weight.detach().clone() for layer in layers}
+    parameters = {id(layer): layer.weight for layer in layers}
+
+    quant.set_int8(model, True, park_float=True)
+    assert all(layer.parked and layer.weight.numel() == 0 for layer in layers)
+    assert torch.equal(model(**inputs).sample, int8_out)
+    layers[0].int8 = False  # a switch that skips set_int8 finds no weight: a clear error, not a wrong result
+    with pytest.raises(RuntimeError, match="parked"):
+        model(**inputs)
+
+    quant.set_int8(model, False)
+    assert not any(layer.parked for layer in layers)
+    assert all(layer.weight is parameters[id(layer)] for layer in layers)  # the same Parameters
+    assert all(torch.equal(layer.weight, weights[id(layer)]) for layer in layers)
+    assert torch.equal(model(**inputs).sample, reference)
+
+    quant.set_int8(model, True, park_float=True)
+    model.double()  # moves and casts the placeholders; the parked weights follow when they return
+    quant.set_int8(model, False)
+    assert all(layer.weight.dtype == torch.float64 for layer in layers)
+    assert all(torch.equal(layer.weight, weights[id(layer)].double()) for layer in layers)
+
+
 def test_policy_keep_overrides_int8_and_mistakes_fail_loudly():
     model = _tiny_sana()
     policy = quant.QuantPolicy(int8=quant.DEFAULT_POLICY.int8, keep=(r"transformer_blocks\.0\..*",))

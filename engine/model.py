@@ -106,9 +106,8 @@ class SanaModel:
                 self.dit.to(target)
             else:
                 self.dit = _load_dit(self.path / "transformer", self.dit.config, self.device, target)
-        if precision == "int8":
-            quantize_model(self.dit)
-            set_int8(self.dit, True, park_float=self.device.type != "cpu")
+        if precision == "int8":  # a layer at a time, so the GPU never holds both precisions
+            quantize_model(self.dit, park_float=self.device.type != "cpu")
         self.precision = precision
 
 

@@ -31,14 +31,16 @@ class QuantReport:
         )
 
 
-def quantize_model(model: nn.Module, policy: QuantPolicy = DEFAULT_POLICY) -> QuantReport:
+def quantize_model(model: nn.Module, policy: QuantPolicy = DEFAULT_POLICY, park_float: bool = False) -> QuantReport:
     """Swap, in place, every layer the policy names for its W8A8 twin (switched on).
 
     Quantize once the weights are loaded, best on the GPU (a per-channel absmax over the weights,
     milliseconds there): the int8 copy is made from the float weight where it lies, follows the
     model's later moves, and is remade by a later load_state_dict. Calling it again leaves
-    already-quantized layers as they are. Raises TypeError when the policy names a
-    layer that is neither nn.Linear nor a 1×1 nn.Conv2d, ValueError when it names none at all.
+    already-quantized layers as they are. `park_float` parks each new layer's float weight in host
+    memory as soon as its int8 copy exists (see `set_int8`), so the GPU never holds both for more
+    than one layer. Raises TypeError when the policy names a layer that is neither nn.Linear nor a
+    1×1 nn.Conv2d, ValueError when it names none at all.
     """
     quantized, kept, int8_bytes = [], [], 0
     for name, module in list(model.named_modules()):
@@ -47,6 +49,8 @@ def quantize_model(model: nn.Module, policy: QuantPolicy = DEFAULT_POLICY) -> Qu
         elif name and policy.wants_int8(name):
             layer = _quantized_twin(name, module)
             _replace(model, name, layer)
+            if park_float:
+                layer.park_float_weight()
         else:
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 kept.append(name)

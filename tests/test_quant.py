@@ -360,6 +360,13 @@ def test_parked_float_weights_wait_in_host_memory_and_come_back_unchanged():
     assert all(layer.weight.dtype == torch.float64 for layer in layers)
     assert all(torch.equal(layer.weight, weights[id(layer)].double()) for layer in layers)
 
+    # quantizing with park_float parks each layer as it is made: the same int8 model, parked
+    fresh = _tiny_sana()
+    quant.quantize_model(fresh, park_float=True)
+    fresh_layers = [m for m in fresh.modules() if isinstance(m, (quant.QuantLinear, quant.QuantPointwiseConv))]
+    assert len(fresh_layers) == len(layers) and all(layer.parked and layer.int8 for layer in fresh_layers)
+    assert torch.equal(fresh(**inputs).sample, int8_out)
+
 
 def test_policy_keep_overrides_int8_and_mistakes_fail_loudly():
     model = _tiny_sana()

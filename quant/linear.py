@@ -50,19 +50,21 @@ class _Int8Weight:
     def parked(self) -> bool:
         return self._parked is not None
 
-    @torch.no_grad()
     def park_float_weight(self) -> None:
         """Move the float weight to host memory; the Parameter keeps an empty placeholder of its
         dtype and device (so `.to()` still moves and casts it), and the layer runs INT8 only."""
         if self._parked is None:
-            self._parked = self.weight.detach().to("cpu")
-            self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
+            # ordinary tensors even inside `torch.inference_mode()` (where the Generator switches):
+            # an inference tensor in a Parameter would refuse a later in-place load
+            with torch.inference_mode(False), torch.no_grad():
+                self._parked = self.weight.detach().to("cpu")
+                self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
 
-    @torch.no_grad()
     def unpark_float_weight(self) -> None:
         """Put the float weight back, where and in what dtype the placeholder now is."""
         if self._parked is not None:
-            self.weight.data = self._parked.to(device=self.weight.device, dtype=self.weight.dtype)
+            with torch.inference_mode(False), torch.no_grad():
+                self.weight.data = self._parked.to(device=self.weight.device, dtype=self.weight.dtype)
             self._parked = None
 
     def _float_forward_allowed(self) -> None:

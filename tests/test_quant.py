@@ -354,9 +354,11 @@ def test_parked_float_weights_wait_in_host_memory_and_come_back_unchanged():
     assert all(torch.equal(layer.weight, weights[id(layer)]) for layer in layers)
     assert torch.equal(model(**inputs).sample, reference)
 
-    quant.set_int8(model, True, park_float=True)
-    model.double()  # moves and casts the placeholders; the parked weights follow when they return
-    quant.set_int8(model, False)
+    with torch.inference_mode():  # where the Generator switches: the weights must stay ordinary tensors
+        quant.set_int8(model, True, park_float=True)
+        model.double()  # moves and casts the placeholders; the parked weights follow when they return
+        quant.set_int8(model, False)
+    assert not any(layer.weight.is_inference() for layer in layers)
     assert all(layer.weight.dtype == torch.float64 for layer in layers)
     assert all(torch.equal(layer.weight, weights[id(layer)].double()) for layer in layers)
 

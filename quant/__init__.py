@@ -3,7 +3,7 @@ accumulate, dequantized in the GEMM's epilogue; the layers a policy names are sw
 
     report = quantize_model(dit)          # DEFAULT_POLICY: attention and Mix-FFN GEMMs
     set_int8(dit, False)                  # this generation in float, bit for bit, no disk read
-    set_int8(dit, True)
+    set_int8(dit, True, park_float=True)  # INT8 again, the float weights waiting in host memory
 
 `int8.py` defines the arithmetic in plain torch (the reference and test oracle), `kernels.py`
 computes it in Triton on CUDA, `ops.py` picks one, `linear.py` holds the layers, `policy.py` says

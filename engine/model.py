@@ -15,13 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from quant import (
-    QuantLinear,
-    QuantPointwiseConv,
-    dequantize_model,
-    quantize_model,
-    set_int8,
-)
+from quant import dequantize_model, quantize_model, set_int8
 
 from .accelerate import accelerate_dit
 from .checkpoint import (
@@ -43,7 +37,6 @@ from .original_dit import convert_original_dit, looks_like_original_dit
 from .solver import SchedulerConfig
 from .text_encoder import TextEncoder
 
-QUANT_LAYERS = (QuantLinear, QuantPointwiseConv)
 
 PIPELINE_CLASSES = ("SanaPipeline",)
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -96,9 +89,8 @@ class SanaModel:
         were), and neither switch reads the disk.
         """
         target = dit_dtype(precision, self.device, self.checkpoint_dtype)
-        if any(isinstance(m, QUANT_LAYERS) for m in self.dit.modules()):
-            set_int8(self.dit, False)  # the float weights back in place, before any cast
-            dequantize_model(self.dit)
+        set_int8(self.dit, False)  # the float forward, parked weights back in place, before any cast
+        dequantize_model(self.dit)
         current = self.dit_dtype
         if target != current:
             exact = {self.checkpoint_dtype, torch.float32}

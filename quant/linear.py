@@ -108,7 +108,9 @@ class QuantLinear(_Int8Weight, nn.Linear):
         return layer
 
     def to_float(self) -> nn.Linear:
-        """The plain nn.Linear again, holding the same Parameters (no copy)."""
+        """The plain nn.Linear again, holding the same Parameters (no copy; a parked weight is
+        put back first)."""
+        self.unpark_float_weight()
         linear = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
         linear.weight, linear.bias = self.weight, self.bias
         return linear.train(self.training)
@@ -152,7 +154,9 @@ class QuantPointwiseConv(_Int8Weight, nn.Conv2d):
         return layer
 
     def to_float(self) -> nn.Conv2d:
-        """The plain 1×1 nn.Conv2d again, holding the same Parameters (no copy)."""
+        """The plain 1×1 nn.Conv2d again, holding the same Parameters (no copy; a parked weight is
+        put back first)."""
+        self.unpark_float_weight()
         conv = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None, device="meta")
         conv.weight, conv.bias = self.weight, self.bias
         return conv.train(self.training)

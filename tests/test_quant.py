@@ -368,6 +368,9 @@ def test_parked_float_weights_wait_in_host_memory_and_come_back_unchanged():
     fresh_layers = [m for m in fresh.modules() if isinstance(m, (quant.QuantLinear, quant.QuantPointwiseConv))]
     assert len(fresh_layers) == len(layers) and all(layer.parked and layer.int8 for layer in fresh_layers)
     assert torch.equal(fresh(**inputs).sample, int8_out)
+    # dropping the int8 layers of a parked model puts the float weights back first
+    assert list(quant.dequantize_model(fresh)) == EXPECTED_INT8
+    assert torch.equal(fresh(**inputs).sample, reference)
 
 
 def test_policy_keep_overrides_int8_and_mistakes_fail_loudly():

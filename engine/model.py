@@ -37,7 +37,6 @@ from .original_dit import convert_original_dit, looks_like_original_dit
 from .solver import SchedulerConfig
 from .text_encoder import TextEncoder
 
-
 PIPELINE_CLASSES = ("SanaPipeline",)
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 LATENT_STRIDE = 32

@@ -7,9 +7,11 @@ the state_dict, `.to()`, loading and `quant/`'s swaps by name all see the model 
 computes the same function with the kernels of `engine/kernels/`:
 
 - `FastSanaBlock`: the AdaLN LayerNorm + shift/scale in front of each branch is one pass
-  (`modulate`), and the gated residual behind it another (`gated_residual`, which also takes the
-  linear attention's ±65504 clip); the cross-attention's residual shares a pass with the next
-  modulation (`add_modulate`). Eagerly these are ~20 launches and passes per block.
+  (`modulate`); the gated residual behind the self-attention and the Mix-FFN (with the linear
+  attention's ±65504 clip) lands through the branch's last projection (`Residual`: in the W8A8
+  GEMM's epilogue, or folded into a 16-bit weight, else one `gated_residual` pass); the
+  cross-attention's residual shares a pass with the next modulation (`add_modulate`). Eagerly
+  these are ~20 launches and passes per block.
 - `FastLinearSelfAttention`: the ReLU linear attention between the projections and `to_out` in two
   launches that read q, k, v where the projections left them (no transposes, no fp32 copies).
 - `FastCrossAttention`: reads each row's text tokens and skips its padding, instead of masking it.
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from quant import QuantLinear, int8_gemm, quantize_tokens
+from quant import GatedResidual, QuantLinear, int8_gemm, quantize_tokens
 
 from .dit import (
     CrossAttention,
@@ -75,13 +77,17 @@ class FastLinearSelfAttention(_AttentionTwin):
         super().__init__(attn)
         self._stacks: dict[str, Tensor] = {}  # see `stack_rows`
 
-    def forward(self, x: Tensor, clamp: bool = True) -> Tensor:
-        """As `LinearSelfAttention.forward`; `clamp=False` leaves the ±65504 clip to the caller
-        (`FastSanaBlock` folds it into its residual pass)."""
+    def forward(self, x: Tensor, residual: Residual | None = None) -> Tensor:
+        """As `LinearSelfAttention.forward`; with a `residual`, what lands in the residual stream
+        behind it instead (x + gate · the clipped output)."""
         q, k, v = self._project(x)
         q, k = self.norm_q(q), self.norm_k(k)
-        out = self.to_out(linear_attention.linear_attention(q, k, v, self.heads))
-        return out.clamp(-FP16_MAX, FP16_MAX) if clamp else out
+        mixed = linear_attention.linear_attention(q, k, v, self.heads)
+        if residual is None:
+            return self.to_out(mixed).clamp(-FP16_MAX, FP16_MAX)
+        if not mixed.is_cuda:
+            return residual.add(self.to_out(mixed))
+        return residual.project(self.to_out[0], mixed.view(-1, mixed.shape[-1]))
 
     def _project(self, x: Tensor) -> list[Tensor]:
         """q, k, v as column slices of one GEMM's output: a third of the launches, and at 1024² one
@@ -200,9 +206,16 @@ class FastMixFFN(nn.Module):
         super().__init__()
         self.conv_inverted, self.conv_depth, self.conv_point = ff.conv_inverted, ff.conv_depth, ff.conv_point
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Residual | None = None) -> Tensor:
+        """As `MixFFN.forward`; with a `residual` ([B, h·w, C] tokens), what lands in the residual
+        stream behind it instead (x + gate · the output, as tokens)."""
         hidden = _pointwise(self.conv_inverted, x)
-        return _pointwise(self.conv_point, glu.conv_glu(hidden, self.conv_depth.weight, self.conv_depth.bias))
+        mixed = glu.conv_glu(hidden, self.conv_depth.weight, self.conv_depth.bias)
+        if residual is None or not mixed.is_cuda:
+            out = _pointwise(self.conv_point, mixed)
+            return out if residual is None else residual.add(out.flatten(2).transpose(1, 2))
+        # conv_glu leaves channels-last memory: the tokens are a view
+        return residual.project(self.conv_point, mixed.permute(0, 2, 3, 1).reshape(-1, mixed.shape[1]))
 
 
 def _pointwise(conv: nn.Module, x: Tensor) -> Tensor:
@@ -222,6 +235,54 @@ def _pointwise(conv: nn.Module, x: Tensor) -> Tensor:
     return tokens.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
+@dataclass
+class Residual:
+    """Where a branch of a block lands: out = x + gate · branch (the branch first clipped to
+    ±65504 where `clamp`), the gate the AdaLN row `row` of table + modulation; `out` is x itself
+    where the block owns x, else a new tensor. x: [B, T, D], contiguous."""
+
+    x: Tensor
+    table: Tensor
+    modulation: Tensor
+    row: int
+    clamp: bool = False
+    in_place: bool = False
+
+    def add(self, branch: Tensor) -> Tensor:
+        """The branch computed on its own, then one `gated_residual` pass."""
+        return modulate.gated_residual(self.x, branch, self.table, self.modulation, self.row,
+                                       clamp=self.clamp, out=self.x if self.in_place else None)
+
+    def project(self, layer: nn.Module, tokens: Tensor) -> Tensor:
+        """x + gate · layer(tokens) for the branch's last projection (a Linear or 1×1 conv; tokens
+        [B·T, K] on CUDA), without the branch ever being a tensor of its own where the layer
+        allows. Each way saves the `gated_residual` pass: two of the four passes over [B, T, D]
+        that a projection and its residual make (~0.1 ms a call at 1.6B 4096² on an H100).
+
+        - W8A8: the GEMM's epilogue adds the branch into x (`quant.GatedResidual`).
+        - 16-bit, no bias and no clip, one gate row for the batch (one timestep), more tokens than
+          the weight has inputs: the gate scales the weight's rows (gate · (y Wᵀ) = y (gate·W)ᵀ)
+          and cuBLAS accumulates onto x in place (the sampler's case for the Mix-FFN's projection
+          at 4096²).
+        - Otherwise the projection, then `add`."""
+        rows = tokens.shape[0]
+        if getattr(layer, "int8", False):
+            # the gate as the table row plus each sample's modulation row, both read where they lie
+            gate = GatedResidual(self.x.view(rows, -1), self.modulation[:, self.row], self.clamp, self.table[self.row])
+            out = self.x if self.in_place else torch.empty_like(self.x)
+            layer.gemm(*quantize_tokens(tokens), residual=gate, out=out.view(rows, -1))
+            return out
+        weight = layer.weight.flatten(1)
+        # folding moves the weight once (2·N·K) to save 2·M·N of the residual's traffic: worth it
+        # only when the tokens outnumber the weight's inputs (4096², not 1024²)
+        if (self.in_place and not self.clamp and layer.bias is None and self.modulation.shape[0] == 1
+                and rows > weight.shape[1]):
+            gated = modulate.gated_weight(weight, self.table, self.modulation, self.row)
+            self.x.view(rows, -1).addmm_(tokens, gated.t())
+            return self.x
+        return self.add(F.linear(tokens, weight, layer.bias).view(self.x.shape))
+
+
 class FastSanaBlock(nn.Module):
     """`SanaBlock` with its AdaLN modulations and gated residuals fused into single passes."""
 
@@ -237,15 +298,12 @@ class FastSanaBlock(nn.Module):
         ada = (self.scale_shift_table, modulation)
         x = x.contiguous()  # a no-op for what `LinearDiT` hands over; the kernels need it
         y = modulate.modulate(x, *ada, modulate.SHIFT_MSA, modulate.SCALE_MSA, self.norm_eps)
-        x = modulate.gated_residual(x, self.attn1(y, clamp=False), *ada, modulate.GATE_MSA, clamp=True)
+        x = self.attn1(y, Residual(x, *ada, modulate.GATE_MSA, clamp=True))
         # x is this block's own tensor from here on, so the residuals may update it in place
         x, y = modulate.add_modulate(
             x, self.attn2(x, keys_values, padding), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps
         )
-        batch, tokens, dim = x.shape
-        y = self.ff(y.unflatten(1, (h, w)).permute(0, 3, 1, 2))
-        y = y.permute(0, 2, 3, 1).reshape(batch, tokens, dim)
-        return modulate.gated_residual(x, y, *ada, modulate.GATE_MLP, out=x)
+        return self.ff(y.unflatten(1, (h, w)).permute(0, 3, 1, 2), Residual(x, *ada, modulate.GATE_MLP, in_place=True))
 
 
 class FastOutputNorm(nn.Module):

@@ -395,7 +395,8 @@ class LinearDiT(nn.Module):
         self.proj_out = nn.Linear(dim, config.out_channels)
 
     def forward(self, latents: Tensor, timestep: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
-        """latents [B, in, h, w], timestep [B] (0..1000, already × timestep_scale), text
+        """latents [B, in, h, w], timestep [B] or [1] (one for the whole batch, as in sampling;
+        0..1000, already × timestep_scale), text
         [B, L, caption_channels], text_mask [B, L] (1 = keep) → velocity [B, out, h, w] in the
         latents' dtype; the model computes in its own parameters' dtype."""
         return self.denoise(latents, timestep, self.encode_text(text, text_mask))
@@ -420,7 +421,10 @@ class LinearDiT(nn.Module):
         batch, _, h, w = latents.shape
         dtype = self.scale_shift_table.dtype
         x = self.patch_embed(latents.to(dtype))
-        modulation, t_embedding = self.time_embed(timestep.expand(batch), dtype)
+        # One timestep for the batch (the sampler's case) gives one row of modulation for all:
+        # computed once, and the fused blocks can fold a single gate into a weight (accelerate.py)
+        timestep = timestep.reshape(1) if timestep.numel() == 1 else timestep.expand(batch)
+        modulation, t_embedding = self.time_embed(timestep, dtype)
         for block, keys_values in zip(self.transformer_blocks, context.keys_values, strict=True):
             x = block(x, modulation, keys_values, context.padding, h, w)
 

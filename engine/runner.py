@@ -123,7 +123,7 @@ class DenoiseRunner:
         if isinstance(timestep, Tensor):
             t = timestep
         else:
-            t = torch.full((model_input.shape[0],), timestep, device=latents.device)
+            t = torch.full((1,), timestep, device=latents.device)  # one for the whole batch
         velocity = self.dit.denoise(model_input.to(dtype), t, context).float()
         if guided:
             unconditional, conditional = velocity.chunk(2)
@@ -132,10 +132,9 @@ class DenoiseRunner:
 
     def _capture(self, key, latents, timestep, text, mask, guidance_scale) -> _Captured:
         guided = guidance_scale is not None
-        batch = latents.shape[0] * (2 if guided else 1)
         static_latents = latents.clone()
         static_context = self.dit.encode_text(text, mask)
-        static_t = torch.full((batch,), timestep, device=latents.device)
+        static_t = torch.full((1,), timestep, device=latents.device)
         static_scale = torch.full((), guidance_scale if guided else 1.0, device=latents.device)
 
         def call() -> Tensor:

@@ -10,7 +10,14 @@ computes it in Triton on CUDA, `ops.py` picks one, `linear.py` holds the layers,
 which layers, `swap.py` applies it. Nothing here imports `engine`.
 """
 
-from .int8 import dequantize_epilogue, int8_matmul_reference, quantize_per_channel, quantize_per_token
+from .int8 import (
+    GatedResidual,
+    dequantize_epilogue,
+    gated_residual_epilogue,
+    int8_matmul_reference,
+    quantize_per_channel,
+    quantize_per_token,
+)
 from .linear import QuantLinear, QuantPointwiseConv
 from .ops import int8_gemm, quantize_glu, quantize_modulated, quantize_tokens
 from .policy import DEFAULT_POLICY, QuantPolicy
@@ -18,12 +25,14 @@ from .swap import QuantReport, dequantize_model, quantize_model, set_int8
 
 __all__ = [
     "DEFAULT_POLICY",
+    "GatedResidual",
     "QuantLinear",
     "QuantPointwiseConv",
     "QuantPolicy",
     "QuantReport",
     "dequantize_epilogue",
     "dequantize_model",
+    "gated_residual_epilogue",
     "int8_gemm",
     "int8_matmul_reference",
     "quantize_glu",

@@ -12,6 +12,8 @@ that the quantized integers they produce match these functions bit for bit.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 QMAX = 127  # symmetric range −127..127: −128 is left unused so that negation never overflows
@@ -79,6 +81,36 @@ def dequantize_epilogue(
     if bias is not None:
         out = out + bias.float()
     return out.to(out_dtype)
+
+
+class GatedResidual(NamedTuple):
+    """A residual add after a projection, done in the projection's GEMM epilogue: the output is
+    x + gate · branch (the branch, rounded to the output dtype, first clipped to ±65504 where
+    `clamp`), computed in fp32 — what a SANA block does behind its self-attention and its Mix-FFN.
+    x [M, N] is the residual stream; gate [G, N] one row per sample, row m taking row m // (M / G)
+    (G = 1: one for all), plus `gate_base` [N] where given (an AdaLN gate is table row +
+    modulation row: both are handed over as they lie, so no kernel runs to add them)."""
+
+    x: torch.Tensor
+    gate: torch.Tensor
+    clamp: bool = False
+    gate_base: torch.Tensor | None = None
+
+
+FP16_MAX = 65504.0
+
+
+def gated_residual_epilogue(branch: torch.Tensor, residual: GatedResidual) -> torch.Tensor:
+    """residual.x + gate · branch in fp32 (see `GatedResidual`), cast to branch's dtype."""
+    value = branch.float()
+    if residual.clamp:
+        value = value.clamp(-FP16_MAX, FP16_MAX)
+    rows, groups = branch.shape[0], residual.gate.shape[0]
+    gate = residual.gate.float()
+    if residual.gate_base is not None:
+        gate = residual.gate_base.float() + gate
+    gate = gate.repeat_interleave(rows // groups, dim=0)
+    return (residual.x.float() + gate * value).to(branch.dtype)
 
 
 # ---- Pre-ops that a fused kernel applies while it reads the activation anyway ----

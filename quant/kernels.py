@@ -25,6 +25,7 @@ from . import int8 as ref
 _QMAX = tl.constexpr(float(ref.QMAX))
 _MIN_ABSMAX = tl.constexpr(ref.MIN_ABSMAX)
 _ROUND_MAGIC = tl.constexpr(ref.ROUND_MAGIC)
+_FP16_MAX = tl.constexpr(ref.FP16_MAX)
 
 PRE_NONE, PRE_MODULATE, PRE_GLU = 0, 1, 2
 ONE_PASS_MAX_CHANNELS = 8192
@@ -206,29 +207,69 @@ def _dequantize(acc, a_scale, w_scale_ptr, bias_ptr, offs_n, N, out_dtype: tl.co
 
 
 @triton.jit
+def _add_to_residual(branch, off_m, offs_m, offs_n, M, N, r_ptr, stride_rm, gate_ptr, stride_gate, base_ptr,
+                     rows_per_gate, HAS_BASE: tl.constexpr, CLAMP: tl.constexpr):
+    """`int8.gated_residual_epilogue` of a tile (rows off_m …): x + gate · branch (clipped first
+    where CLAMP), fp32, rounded to branch's dtype. A tile spans at most two gate rows (the
+    launcher sees to it), so the gate is two [BLOCK_N] vectors, not a [BLOCK_M, BLOCK_N] gather."""
+    n_mask = offs_n < N
+    value = branch.to(tl.float32)
+    if CLAMP:
+        value = tl.minimum(tl.maximum(value, -_FP16_MAX), _FP16_MAX)
+    first = off_m // rows_per_gate
+    last = tl.minimum(off_m + offs_m.shape[0] - 1, M - 1) // rows_per_gate
+    gate_first = tl.load(gate_ptr + first * stride_gate + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    gate_last = tl.load(gate_ptr + last * stride_gate + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    if HAS_BASE:
+        base = tl.load(base_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        gate_first, gate_last = base + gate_first, base + gate_last
+    gate = tl.where((offs_m // rows_per_gate == first)[:, None], gate_first[None, :], gate_last[None, :])
+    mask = (offs_m < M)[:, None] & n_mask[None, :]
+    x = tl.load(r_ptr + offs_m[:, None].to(tl.int64) * stride_rm + offs_n[None, :], mask=mask, other=0.0)
+    return (x.to(tl.float32) + gate * value).to(branch.dtype, fp_downcast_rounding="rtne")
+
+
+@triton.jit
+def _finish(acc, a_scale, off_m, offs_m, offs_n, M, N, w_scale_ptr, bias_ptr, r_ptr, stride_rm, gate_ptr, stride_gate,
+            base_ptr, rows_per_gate, out_dtype: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr,
+            HAS_BASE: tl.constexpr, CLAMP: tl.constexpr):
+    """The whole epilogue of a tile: `_dequantize`, then `_add_to_residual` where RESIDUAL."""
+    out = _dequantize(acc, a_scale, w_scale_ptr, bias_ptr, offs_n, N, out_dtype, HAS_BIAS)
+    if RESIDUAL:
+        out = _add_to_residual(out, off_m, offs_m, offs_n, M, N, r_ptr, stride_rm, gate_ptr, stride_gate, base_ptr,
+                               rows_per_gate, HAS_BASE, CLAMP)
+    return out
+
+
+@triton.jit
 def _store_tile(
-    acc, offs_m, offs_n, M, N, c_ptr, stride_cm, stride_cn, a_scale_ptr, w_scale_ptr, bias_ptr,
-    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    acc, off_m, offs_m, offs_n, M, N, c_ptr, stride_cm, stride_cn, a_scale_ptr, w_scale_ptr, bias_ptr,
+    r_ptr, stride_rm, gate_ptr, stride_gate, base_ptr, rows_per_gate,
+    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BASE: tl.constexpr,
+    CLAMP: tl.constexpr,
 ):
     """The epilogue through pointers (the Ampere/Ada kernel's, and the Hopper kernel's where the
-    TMA cannot address the output): the int32 tile as it is, or `_dequantize`d."""
+    TMA cannot address the output): the int32 tile as it is, or `_finish`ed."""
     c_mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :] * stride_cn
     if EPILOGUE:
         a_scale = tl.load(a_scale_ptr + offs_m, mask=offs_m < M, other=0.0).to(tl.float32)
-        out = _dequantize(acc, a_scale, w_scale_ptr, bias_ptr, offs_n, N, c_ptr.dtype.element_ty, HAS_BIAS)
+        out = _finish(acc, a_scale, off_m, offs_m, offs_n, M, N, w_scale_ptr, bias_ptr, r_ptr, stride_rm, gate_ptr,
+                      stride_gate, base_ptr, rows_per_gate, c_ptr.dtype.element_ty, HAS_BIAS, RESIDUAL, HAS_BASE,
+                      CLAMP)
         tl.store(c_ptrs, out, mask=c_mask)
     else:
         tl.store(c_ptrs, acc, mask=c_mask)
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M", "N", "K"])
+@triton.autotune(configs=_gemm_configs(), key=["M", "N", "K", "RESIDUAL"], restore_value=["c_ptr"])
 @triton.jit
 def _int8_gemm_kernel(
-    a_ptr, w_ptr, c_ptr, a_scale_ptr, w_scale_ptr, bias_ptr,
+    a_ptr, w_ptr, c_ptr, a_scale_ptr, w_scale_ptr, bias_ptr, r_ptr, gate_ptr, base_ptr,
     M, N, K,
-    stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn,
-    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn, stride_rm, stride_gate, rows_per_gate,
+    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BASE: tl.constexpr,
+    CLAMP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Grouped launch order: GROUP_M row-blocks share each weight column-block while it is in L2.
@@ -257,8 +298,10 @@ def _int8_gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
 
-    _store_tile(acc, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N), M, N,
-                c_ptr, stride_cm, stride_cn, a_scale_ptr, w_scale_ptr, bias_ptr, EPILOGUE, HAS_BIAS)
+    _store_tile(acc, pid_m * BLOCK_M, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N), M, N,
+                c_ptr, stride_cm, stride_cn, a_scale_ptr, w_scale_ptr, bias_ptr,
+                r_ptr, stride_rm, gate_ptr, stride_gate, base_ptr, rows_per_gate,
+                EPILOGUE, HAS_BIAS, RESIDUAL, HAS_BASE, CLAMP)
 
 
 # The Hopper kernel: operands arrive through the tensor-memory accelerator (TMA), which also
@@ -314,12 +357,16 @@ def _tile_position(tile, num_m, num_n, GROUP_M: tl.constexpr):
     return first_m + (tile % group) % group_m, (tile % group) // group_m
 
 
-@triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "TMA_STORE"])
+# Keyed on the epilogue too: the residual one holds more registers, and may want another tile.
+# The output is restored after each timed trial: a residual epilogue may write into its own input.
+@triton.autotune(configs=_tma_configs(), key=["M", "N", "K", "TMA_STORE", "RESIDUAL"], restore_value=["c_ptr"])
 @triton.jit
 def _int8_gemm_tma_kernel(
-    a_desc, w_desc, c_desc, c_ptr, a_scale_ptr, w_scale_ptr, bias_ptr,
-    M, N, K, stride_cm, programs,
-    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr,
+    a_desc, w_desc, c_desc, c_ptr, a_scale_ptr, w_scale_ptr, bias_ptr, r_ptr, gate_ptr, base_ptr,
+    M, N, K, stride_cm, stride_rm, stride_gate, rows_per_gate, programs,
+    EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BASE: tl.constexpr,
+    CLAMP: tl.constexpr,
+    TMA_STORE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     FLATTEN: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, SUBTILE: tl.constexpr,
 ):
@@ -343,15 +390,25 @@ def _int8_gemm_tma_kernel(
             if SUBTILE:
                 left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
                 offs_n = off_n + tl.arange(0, BLOCK_N // 2)
-                c_desc.store([off_m, off_n], _dequantize(left, a_scale, w_scale_ptr, bias_ptr, offs_n, N, dtype, HAS_BIAS))
-                c_desc.store([off_m, off_n + BLOCK_N // 2],
-                             _dequantize(right, a_scale, w_scale_ptr, bias_ptr, offs_n + BLOCK_N // 2, N, dtype, HAS_BIAS))
+                c_desc.store([off_m, off_n], _finish(
+                    left, a_scale, off_m, offs_m, offs_n, M, N, w_scale_ptr, bias_ptr, r_ptr, stride_rm, gate_ptr,
+                    stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL, HAS_BASE, CLAMP))
+                c_desc.store([off_m, off_n + BLOCK_N // 2], _finish(
+                    right, a_scale, off_m, offs_m, offs_n + BLOCK_N // 2, M, N, w_scale_ptr, bias_ptr, r_ptr, stride_rm,
+                    gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL, HAS_BASE, CLAMP))
             else:
                 offs_n = off_n + tl.arange(0, BLOCK_N)
-                c_desc.store([off_m, off_n], _dequantize(acc, a_scale, w_scale_ptr, bias_ptr, offs_n, N, dtype, HAS_BIAS))
+                c_desc.store([off_m, off_n], _finish(
+                    acc, a_scale, off_m, offs_m, offs_n, M, N, w_scale_ptr, bias_ptr, r_ptr, stride_rm, gate_ptr,
+                    stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL, HAS_BASE, CLAMP))
         else:
-            _store_tile(acc, off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N), M, N,
-                        c_ptr, stride_cm, 1, a_scale_ptr, w_scale_ptr, bias_ptr, EPILOGUE, HAS_BIAS)
+            _store_tile(acc, off_m, off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N), M, N,
+                        c_ptr, stride_cm, 1, a_scale_ptr, w_scale_ptr, bias_ptr,
+                        r_ptr, stride_rm, gate_ptr, stride_gate, base_ptr, rows_per_gate,
+                        EPILOGUE, HAS_BIAS, RESIDUAL, HAS_BASE, CLAMP)
+
+
+_MAX_BLOCK_M = max(config.kwargs["BLOCK_M"] for config in _gemm_configs() + _tma_configs())
 
 
 @functools.cache
@@ -375,7 +432,8 @@ def _use_tma(a: torch.Tensor, w: torch.Tensor) -> bool:
     return _INTERPRET or _has_tma(a.device.index)
 
 
-def _launch_gemm(a, w, out, a_scale, w_scale, bias, epilogue: bool, tma: bool | None = None) -> torch.Tensor:
+def _launch_gemm(a, w, out, a_scale, w_scale, bias, epilogue: bool, tma: bool | None = None,
+                 residual: ref.GatedResidual | None = None) -> torch.Tensor:
     """`tma`: None picks the kernel for the GPU (TMA on Hopper and newer, where the operands'
     alignment allows it); the tests force either one."""
     if a.dtype != torch.int8 or w.dtype != torch.int8:
@@ -383,6 +441,18 @@ def _launch_gemm(a, w, out, a_scale, w_scale, bias, epilogue: bool, tma: bool | 
     (m, k), (n, k_w) = a.shape, w.shape
     if k != k_w:
         raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, w is {tuple(w.shape)}")
+    r_ptr, gate, base, stride_rm, rows_per_gate = out, a_scale, None, 0, 1  # unused without a residual
+    if residual is not None:
+        r_ptr, gate, base = residual.x, residual.gate, residual.gate_base
+        groups = gate.shape[0]
+        if r_ptr.shape != (m, n) or r_ptr.stride(1) != 1 or gate.shape[1:] != (n,) or m % groups:
+            raise ValueError(f"residual {tuple(r_ptr.shape)} / gate {tuple(gate.shape)} do not fit the [{m}, {n}] output")
+        if gate.stride(1) != 1 or (base is not None and (base.shape != (n,) or base.stride(0) != 1)):
+            raise ValueError("the gate rows (and their base) need unit stride along N")
+        stride_rm, rows_per_gate = r_ptr.stride(0), m // groups
+    flags = {"EPILOGUE": epilogue, "HAS_BIAS": bias is not None, "RESIDUAL": residual is not None,
+             "HAS_BASE": base is not None, "CLAMP": residual is not None and residual.clamp}
+    base = gate if base is None else base
     if tma is None:
         tma = _use_tma(a, w)
     if tma:
@@ -398,19 +468,18 @@ def _launch_gemm(a, w, out, a_scale, w_scale, bias, epilogue: bool, tma: bool | 
             return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
 
         _int8_gemm_tma_kernel[grid](
-            a_desc, w_desc, c_desc, out, a_scale, w_scale, bias,
-            m, n, k, out.stride(0), programs,
-            EPILOGUE=epilogue, HAS_BIAS=bias is not None, TMA_STORE=c_desc is not None,
-            enable_fp_fusion=False,
+            a_desc, w_desc, c_desc, out, a_scale, w_scale, bias, r_ptr, gate, base,
+            m, n, k, out.stride(0), stride_rm, gate.stride(0), rows_per_gate, programs,
+            TMA_STORE=c_desc is not None, enable_fp_fusion=False, **flags,
         )
         return out
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
     _int8_gemm_kernel[grid](
-        a, w, out, a_scale, w_scale, bias,
+        a, w, out, a_scale, w_scale, bias, r_ptr, gate, base,
         m, n, k,
         a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
-        EPILOGUE=epilogue, HAS_BIAS=bias is not None,
-        enable_fp_fusion=False,
+        stride_rm, gate.stride(0), rows_per_gate,
+        enable_fp_fusion=False, **flags,
     )
     return out
 
@@ -429,7 +498,20 @@ def int8_gemm(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     tma: bool | None = None,
+    residual: ref.GatedResidual | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """a [M, K] int8 with a_scale [M, 1], w [N, K] int8 with w_scale [N] → [M, N] in out_dtype."""
-    out = torch.empty(a.shape[0], w.shape[0], dtype=out_dtype, device=a.device)
-    return _launch_gemm(a, w, out, a_scale.contiguous(), w_scale.contiguous(), bias, epilogue=True, tma=tma)
+    """a [M, K] int8 with a_scale [M, 1], w [N, K] int8 with w_scale [N] → [M, N] in out_dtype,
+    into `out` where given (it may be `residual.x` itself: each tile reads its rows of x before
+    writing them). With a `residual`, what is stored is `int8.gated_residual_epilogue`."""
+    if out is None:
+        out = torch.empty(a.shape[0], w.shape[0], dtype=out_dtype, device=a.device)
+    elif out.shape != (a.shape[0], w.shape[0]) or out.dtype != out_dtype or out.stride(1) != 1:
+        raise ValueError(f"out must be [{a.shape[0]}, {w.shape[0]}] {out_dtype} with unit stride along N")
+    if residual is not None and residual.gate.shape[0] > 1 and a.shape[0] // residual.gate.shape[0] < _MAX_BLOCK_M:
+        # samples shorter than a tile: the epilogue's two gate rows a tile would not do
+        result = _launch_gemm(a, w, torch.empty_like(out), a_scale.contiguous(), w_scale.contiguous(), bias,
+                              epilogue=True, tma=tma)
+        return out.copy_(ref.gated_residual_epilogue(result, residual))
+    return _launch_gemm(a, w, out, a_scale.contiguous(), w_scale.contiguous(), bias, epilogue=True, tma=tma,
+                        residual=residual)

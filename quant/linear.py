@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .int8 import quantize_per_channel
+from .int8 import GatedResidual, quantize_per_channel
 from .ops import int8_gemm, quantize_tokens
 
 
@@ -72,10 +72,15 @@ class _Int8Weight:
             raise RuntimeError("this layer's float weight is parked in host memory: switch it back with "
                                "set_int8(model, False), which puts it in place, before running it in float")
 
-    def gemm(self, a_q: torch.Tensor, a_scale: torch.Tensor) -> torch.Tensor:
+    def gemm(
+        self, a_q: torch.Tensor, a_scale: torch.Tensor, residual: GatedResidual | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The W8A8 GEMM on an activation already quantized per token — e.g. once for Q, K and V:
-        a_q int8 [M, K], a_scale [M, 1] → [M, N]."""
-        return int8_gemm(a_q, a_scale, self.weight_int8, self.weight_scale, self.bias, self.weight.dtype)
+        a_q int8 [M, K], a_scale [M, 1] → [M, N]; with a `residual`, added to it in the epilogue
+        (see `GatedResidual`), into `out` where given."""
+        return int8_gemm(a_q, a_scale, self.weight_int8, self.weight_scale, self.bias, self.weight.dtype,
+                         residual=residual, out=out)
 
     def _apply(self, fn, recurse=True):
         scale = self.weight_scale

@@ -70,11 +70,16 @@ def int8_gemm(
     w_scale: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    residual: ref.GatedResidual | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dequantized a_q [M, K] · w_q [N, K]ᵀ → [M, N] in out_dtype (int32 accumulate, fused epilogue)."""
+    """Dequantized a_q [M, K] · w_q [N, K]ᵀ → [M, N] in out_dtype (int32 accumulate, fused
+    epilogue); with a `residual`, x + gate · that (see `GatedResidual`), into `out` where given
+    (which may be `residual.x`)."""
     kernels = _kernels_for(a_q)
     if kernels is not None:
-        return kernels.int8_gemm(a_q, a_scale, w_q, w_scale, bias, out_dtype)
-    acc = ref.int8_matmul_reference(a_q, w_q)
-    return ref.dequantize_epilogue(acc, a_scale, w_scale, bias, out_dtype)
-
+        return kernels.int8_gemm(a_q, a_scale, w_q, w_scale, bias, out_dtype, residual=residual, out=out)
+    result = ref.dequantize_epilogue(ref.int8_matmul_reference(a_q, w_q), a_scale, w_scale, bias, out_dtype)
+    if residual is not None:
+        result = ref.gated_residual_epilogue(result, residual)
+    return result if out is None else out.copy_(result)

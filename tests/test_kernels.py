@@ -200,6 +200,40 @@ def test_reference_ops_are_the_dit_modules_arithmetic():
         assert torch.equal(ff.conv_point(conv_glu_reference(hidden, ff.conv_depth.weight, ff.conv_depth.bias)), ff(nchw))
 
 
+# way: (W8A8, gate rows, tokens a sample, whether the separate residual pass runs)
+WAYS = {"int8_epilogue": (True, 2, 6, False), "folded_gate": (False, 1, 20, False),
+        "gate_per_sample": (False, 2, 20, True), "fewer_tokens_than_inputs": (False, 1, 6, True)}
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_projection_lands_in_the_residual_stream_as_the_layer_then_its_gated_residual(way, monkeypatch):
+    """`Residual.project`, each of its ways, against the projection followed by the reference
+    gated residual in float64. The two fused ways never run the separate residual pass; folding
+    the gate into the weight needs one gate row and more tokens (2·20) than the weight's inputs."""
+    from engine.accelerate import Residual
+    from engine.kernels import modulate as md
+    from quant import QuantLinear
+
+    int8, gate_rows, tokens, separate_pass = WAYS[way]
+    torch.manual_seed(0)
+    batch, k, n = 2, 32, 16
+    layer = torch.nn.Linear(k, n, bias=int8)
+    if int8:
+        layer = QuantLinear.from_float(layer)
+    x, inputs = torch.randn(batch, tokens, n) * 3, torch.randn(batch * tokens, k)
+    table, modulation = torch.randn(6, n), torch.randn(gate_rows, 6, n)
+    separate, real = [], md.gated_residual
+    monkeypatch.setattr(md, "gated_residual", lambda *args, **kwargs: separate.append(1) or real(*args, **kwargs))
+    with torch.inference_mode():
+        branch = layer(inputs).view(x.shape)
+        want = md.gated_residual_reference(x.double(), branch.double(), table.double(), modulation.double(), 2, int8)
+        residual = Residual(x.clone(), table, modulation, 2, clamp=int8, in_place=True)
+        got = residual.project(layer, inputs)
+    assert rel_err(got, want) < 1e-5
+    assert got.data_ptr() == residual.x.data_ptr()  # in place, as asked
+    assert bool(separate) == separate_pass
+
+
 # ---- Triton kernels under TRITON_INTERPRET=1 (measured in the child, asserted here) ----
 
 
@@ -260,6 +294,14 @@ def _interpreter_measurements() -> dict:
         record(f"gated_residual/in_place/{tag}", got, md.gated_residual_reference(*upcast(x, branch, table, modulation), 5),
                dtype, {"in_place": got.data_ptr() == target.data_ptr()})
 
+        # a projection's weight [N, K] scaled row by row by one gate row (K not a tile multiple)
+        weight = torch.randn(80, 300).to(dtype)
+        record(f"gated_weight/wide/{tag}", md.gated_weight(weight, table, modulation[1:], 2),
+               md.gated_weight_reference(*upcast(weight, table, modulation[1:]), 2), dtype)
+        weight, table3, row3 = torch.randn(37, 50).to(dtype), torch.randn(6, 37).to(dtype), torch.randn(1, 6, 37).to(dtype)
+        record(f"gated_weight/ragged/{tag}", md.gated_weight(weight, table3, row3, 5),  # N, K off the tile
+               md.gated_weight_reference(*upcast(weight, table3, row3), 5), dtype)
+
         # Mix-FFN's middle: odd image sizes, NCHW and channels-last input, with and without bias
         for case, (channels2, h, w, bias, channels_last) in {
             "nchw_bias": (40, 5, 7, True, False), "channels_last": (24, 9, 4, False, True),
@@ -287,7 +329,8 @@ def interpreted():
 TOLERANCE = {"float32": 1e-5, "float16": 1e-3}
 
 
-@pytest.mark.parametrize("kernel", ["linear_attention", "modulate", "add_modulate", "gated_residual", "conv_glu"])
+@pytest.mark.parametrize("kernel", ["linear_attention", "modulate", "add_modulate", "gated_residual", "gated_weight",
+                                    "conv_glu"])
 def test_triton_kernel_matches_its_reference_in_the_interpreter(interpreted, kernel):
     cases = {name: r for name, r in interpreted.items() if name.split("/")[0] == kernel}
     assert len(cases) >= 4

@@ -73,6 +73,10 @@ def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
     check(record_property, "gated_residual", md.gated_residual(x, branch, table, modulation, 2, clamp=True),
           md.gated_residual_reference(*upcast(x, branch, table, modulation), 2, clamp=True))
 
+    projection = randn(dim, hidden, scale=0.02)  # the Mix-FFN's, whose gate it takes where one serves the batch
+    check(record_property, "gated_weight", md.gated_weight(projection, table, modulation[:1], 5),
+          md.gated_weight_reference(*upcast(projection, table, modulation[:1]), 5))
+
     expanded = randn(batch, side, side, 2 * hidden, scale=2.0).permute(0, 3, 1, 2)  # channels-last, as a 1×1 conv gives
     weight, bias = randn(2 * hidden, 1, 3, 3, scale=0.3), randn(2 * hidden, scale=0.1)
     want = glu.conv_glu_reference(*upcast(expanded, weight, bias))
@@ -122,14 +126,18 @@ def dit_inputs(batch: int, side: int, caption_channels: int = 2304, seed: int = 
     return latents, text, mask
 
 
+@pytest.mark.parametrize("timesteps", [[999.0, 420.0], [700.0]], ids=["per_row", "shared"])
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 @pytest.mark.parametrize("config_file, image_side", [
     ("transformer_sana_1600m_1024px.json", 1024),
     ("transformer_sana_1600m_4kpx_bf16.json", 4096),
 ])
-def test_accelerated_dit_matches_the_plain_dit_at_1600m(config_file, image_side, precision, record_property):
+def test_accelerated_dit_matches_the_plain_dit_at_1600m(config_file, image_side, precision, timesteps,
+                                                        record_property):
     """The fused twins against the reference modules, each in FP16, and each in W8A8 (where the
-    twins also take the quantized projections' fast path: one quantization for Q, K and V)."""
+    twins also take the quantized projections' fast path: one quantization for Q, K and V, and
+    the residual added in the GEMM's epilogue). One timestep shared by the batch (the sampler's
+    case) lets the FP16 twins fold the Mix-FFN's gate into its projection's weight."""
     from engine.accelerate import accelerate_dit
     from quant import quantize_model
 
@@ -137,7 +145,7 @@ def test_accelerated_dit_matches_the_plain_dit_at_1600m(config_file, image_side,
     if precision == "int8":
         quantize_model(dit)
     latents, text, mask = dit_inputs(2, image_side // 32)
-    timestep = torch.tensor([999.0, 420.0], device="cuda")
+    timestep = torch.tensor(timesteps, device="cuda")
     with torch.inference_mode():
         expected = dit(latents.half(), timestep, text, mask)
         report = accelerate_dit(dit)
@@ -247,5 +255,21 @@ def test_w8a8_kernels_are_exact_at_the_dit_shapes(width, tokens, record_property
             assert torch.equal(kernels.int8_matmul(q_ref, w_q, tma=tma), acc), (n, k, tma)
             got = kernels.int8_gemm(q_ref, s_ref.reshape(-1, 1), w_q, w_scale, bias, torch.float16, tma=tma)
             assert torch.equal(got, want), (n, k, tma, rel_err(got, want))
+        if n == width:  # the projections whose output lands in the residual stream
+            stream = torch.randn(tokens, n, device="cuda", dtype=torch.float16) * 3
+            gate = torch.rand(2, n, device="cuda") - 0.5  # one row per sample
+            for clamp in (False, True):
+                residual = ref.GatedResidual(stream, gate, clamp)
+                want_sum = ref.gated_residual_epilogue(want, residual)
+                for tma in kinds:
+                    got = kernels.int8_gemm(q_ref, s_ref.reshape(-1, 1), w_q, w_scale, bias, torch.float16,
+                                            tma=tma, residual=residual)
+                    assert torch.equal(got, want_sum), (n, k, tma, clamp, rel_err(got, want_sum))
+                    in_place = ref.GatedResidual(stream.clone(), gate, clamp)
+                    for kernel in (kernels._int8_gemm_kernel, kernels._int8_gemm_tma_kernel):
+                        kernel.cache.clear()  # tune anew: each timed trial must leave x as it was
+                    kernels.int8_gemm(q_ref, s_ref.reshape(-1, 1), w_q, w_scale, bias, torch.float16,
+                                      tma=tma, residual=in_place, out=in_place.x)
+                    assert torch.equal(in_place.x, want_sum), (n, k, tma, clamp, "in place")
     if torch.cuda.get_device_capability() >= (9, 0):
         assert kinds == [False, True], "Hopper runs the TMA kernel"

@@ -212,6 +212,35 @@ def _interpreter_measurements() -> dict:
                 kernels.int8_gemm(a, a_scale, w, w_scale, None, torch.float32, tma=tma),
                 ref.dequantize_epilogue(acc, a_scale, w_scale, None, torch.float32),
             )
+            # The residual epilogue: one gate row per sample (m = 2 samples' tokens where m is
+            # even), the clip on (scales large enough that fp16 branches overflow), and in place.
+            groups = 2 if m % 2 == 0 else 1
+            for dtype in (torch.float32, torch.float16):
+                big_scale = a_scale * 3e4
+                x = torch.randn(m, n).to(dtype)
+                gate = torch.rand(groups, n) - 0.5  # |gate| ≤ ½: a clipped branch stays finite in fp16
+                for clamp in (False, True):
+                    # with the clip also a base row (an AdaLN table row) under the per-sample rows
+                    base = torch.rand(n) * 0.2 - 0.1 if clamp else None
+                    residual = ref.GatedResidual(x.clone(), gate, clamp, base)
+                    want = ref.gated_residual_epilogue(
+                        ref.dequantize_epilogue(acc, big_scale, w_scale, bias, dtype), residual)
+                    got = kernels.int8_gemm(a, big_scale, w, w_scale, bias, dtype, tma=tma, residual=residual)
+                    in_place = kernels.int8_gemm(a, big_scale, w, w_scale, bias, dtype, tma=tma,
+                                                 residual=residual, out=residual.x)
+                    entry[f"residual_{dtype}_clamp{clamp}"] = {
+                        "equal": torch.equal(got, want), "in_place_equal": torch.equal(in_place, want),
+                        "wrote_in_place": in_place.data_ptr() == residual.x.data_ptr(),
+                        "finite": bool(torch.isfinite(want).all()),
+                        "clipped": bool((ref.dequantize_epilogue(acc, big_scale, w_scale, bias, dtype).float().abs()
+                                         > ref.FP16_MAX).any()),
+                    }
+            if m % 7 == 0:  # samples of m/7 rows, shorter than a tile: the launcher's other way
+                residual = ref.GatedResidual(torch.randn(m, n), torch.randn(7, n), True)
+                want = ref.gated_residual_epilogue(ref.dequantize_epilogue(acc, a_scale, w_scale, bias, torch.float32),
+                                                   residual)
+                got = kernels.int8_gemm(a, a_scale, w, w_scale, bias, torch.float32, tma=tma, residual=residual)
+                entry["short_samples_equal"] = torch.equal(got, want)
             gemms[f"{m}x{n}x{k}"] = entry
         results[f"gemm_{kernel}"] = gemms
     results["tma_chosen_for_aligned_k"] = kernels._use_tma(torch.zeros(4, 64, dtype=torch.int8),
@@ -260,6 +289,40 @@ def test_triton_gemm_epilogue_matches_reference_dequantization(interpreted, kern
         # The interpreter emulates bf16 rounding crudely (no ties-to-even), hence one bf16 step
         # (2^-7 relative) rather than equality; on the GPU the cast is a true RNE.
         assert r["torch.bfloat16"]["max_rel_diff"] <= 2**-7, (shape, r)
+
+
+@pytest.mark.parametrize("kernel", ["pointer", "tma"])
+def test_triton_gemm_adds_the_gated_residual_in_its_epilogue_exactly(interpreted, kernel):
+    for shape, r in interpreted[f"gemm_{kernel}"].items():
+        cases = {key: value for key, value in r.items() if key.startswith("residual_")}
+        assert len(cases) == 4, shape
+        assert r.get("short_samples_equal", True), shape
+        for case, c in cases.items():
+            assert c["equal"] and c["in_place_equal"] and c["wrote_in_place"], (shape, case, c)
+        # the cases reach the clip: branches past ±65504 exist, and clipped they stay finite in fp16
+        assert r["residual_torch.float16_clampTrue"]["clipped"], shape
+        assert r["residual_torch.float16_clampTrue"]["finite"], shape
+        assert not r["residual_torch.float16_clampFalse"]["finite"], shape
+    assert sum("short_samples_equal" in r for r in interpreted[f"gemm_{kernel}"].values()) == 1
+
+
+def test_the_residual_epilogue_reference_is_x_plus_gate_times_branch_per_sample():
+    branch = torch.tensor([[1.0, -70000.0], [2.0, 3.0], [4.0, 5.0], [6.0, 1e5]])
+    x = torch.arange(8.0).reshape(4, 2)
+    gate = torch.tensor([[1.0, 0.5], [-1.0, 2.0]])  # rows 0-1 take gate row 0, rows 2-3 row 1
+    plain = ref.gated_residual_epilogue(branch, ref.GatedResidual(x, gate))
+    expected = torch.tensor([[0 + 1.0, 1 - 35000.0], [2 + 2.0, 3 + 1.5], [4 - 4.0, 5 + 10.0], [6 - 6.0, 7 + 2e5]])
+    assert torch.equal(plain, expected)
+    clipped = ref.gated_residual_epilogue(branch, ref.GatedResidual(x, gate, clamp=True))
+    assert clipped[0, 1] == 1 - 0.5 * ref.FP16_MAX and clipped[3, 1] == 7 + 2 * ref.FP16_MAX
+    x_q = torch.randint(-127, 128, (4, 16), dtype=torch.int8)
+    w_q = torch.randint(-127, 128, (2, 16), dtype=torch.int8)
+    a_scale, w_scale = torch.rand(4, 1), torch.rand(2)
+    out = x.clone()
+    got = quant.int8_gemm(x_q, a_scale, w_q, w_scale, None, torch.float32, residual=ref.GatedResidual(out, gate), out=out)
+    want = x + gate.repeat_interleave(2, 0) * (x_q.double() @ w_q.double().t() * a_scale.double() * w_scale.double())
+    assert got.data_ptr() == out.data_ptr()
+    assert rel_err(got, want) < 1e-6
 
 
 # ---- The policy on a real (tiny, random) SANA DiT ----

@@ -36,7 +36,7 @@ def plain_velocity(dit, latents, timestep, text, mask, guidance_scale):
     """The Generator's lines, verbatim."""
     guided = guidance_scale is not None
     model_input = torch.cat([latents, latents]) if guided else latents
-    t = torch.full((model_input.shape[0],), timestep, device=latents.device)
+    t = torch.full((1,), timestep, device=latents.device)
     velocity = dit(model_input.to(next(dit.parameters()).dtype), t, text, mask).float()
     if guided:
         unconditional, conditional = velocity.chunk(2)

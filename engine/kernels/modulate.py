@@ -8,6 +8,8 @@ activations plus a small add for the rows; here each is one pass, the rows summe
 - `modulate`:        y = LayerNorm(x)·(1 + scale) + shift           (LayerNorm without affine)
 - `add_modulate`:    x += branch, then y as above from the new x     (cross-attention's residual)
 - `gated_residual`:  x + gate·branch, the branch optionally clamped to ±65504 (self-attention's)
+- `gated_weight`:    gate·W, a projection's weight rows scaled by the gate, where one gate row
+                     serves the whole batch: gate·(y Wᵀ) = y (gate·W)ᵀ (see `accelerate.Residual`)
 
 The DiT's final AdaLN (`OutputNorm`) is `modulate` too, with its own table's two rows (shift, scale).
 All arithmetic is fp32; values are rounded to the tensor dtype once, when stored.
@@ -117,6 +119,45 @@ def _gated_residual_kernel(
     sample = tl.minimum(rows, M - 1) // T
     gate = _ada_row(table_ptr, mod_ptr, sample, gate_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
     tl.store(out_ptr + offsets, (x + gate * branch).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def gated_weight_reference(weight: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int) -> torch.Tensor:
+    """weight [N, K] with row n times the gate's element n; modulation has one sample ([1, 6, N])."""
+    gate = table[gate_row].float() + modulation[0, gate_row].float()
+    return (weight.float() * gate[:, None]).to(weight.dtype)
+
+
+@triton.jit
+def _gated_weight_kernel(w_ptr, out_ptr, table_ptr, mod_ptr, N, K, gate_row, stride_tr, stride_mr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_mask = rows < N
+    mask = row_mask[:, None] & (cols < K)[None, :]
+    gate = (tl.load(table_ptr + gate_row * stride_tr + rows, mask=row_mask, other=0.0).to(tl.float32)
+            + tl.load(mod_ptr + gate_row * stride_mr + rows, mask=row_mask, other=0.0).to(tl.float32))
+    offsets = rows[:, None].to(tl.int64) * K + cols[None, :]
+    w = tl.load(w_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offsets, (w * gate[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def gated_weight(weight: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int) -> torch.Tensor:
+    """Fused `gated_weight_reference`, one pass (the gate's sum included) into a new tensor."""
+    if modulation.shape[0] != 1:
+        raise ValueError(f"one gate row for the whole batch is needed, got modulation {tuple(modulation.shape)}")
+    if not use_triton(weight):
+        return gated_weight_reference(weight, table, modulation, gate_row)
+    weight = weight.contiguous()
+    (n, k), out = weight.shape, torch.empty_like(weight)
+    if table.dim() != 2 or table.shape[1] != n or modulation.shape[1:] != table.shape:
+        raise ValueError(f"table {tuple(table.shape)} / modulation {tuple(modulation.shape)} do not fit weight {(n, k)}")
+    if table.stride(-1) != 1 or modulation.stride(-1) != 1:
+        raise ValueError("table and modulation need unit stride along N")
+    _gated_weight_kernel[(triton.cdiv(n, 16), triton.cdiv(k, 256))](
+        weight, out, table, modulation, n, k, gate_row, table.stride(0), modulation.stride(1),
+        BLOCK_N=16, BLOCK_K=256, num_warps=4,
+    )
+    return out
 
 
 def _ada_strides(x: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor) -> tuple[int, int, int]:

@@ -31,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from quant import GatedResidual, QuantLinear, int8_gemm, quantize_tokens
+from quant import (
+    GatedResidual,
+    QuantizedTokens,
+    QuantLinear,
+    int8_gemm,
+    quantize_tokens,
+)
 
 from .dit import (
     CrossAttention,
@@ -77,9 +83,16 @@ class FastLinearSelfAttention(_AttentionTwin):
         super().__init__(attn)
         self._stacks: dict[str, Tensor] = {}  # see `stack_rows`
 
-    def forward(self, x: Tensor, residual: Residual | None = None) -> Tensor:
-        """As `LinearSelfAttention.forward`; with a `residual`, what lands in the residual stream
-        behind it instead (x + gate · the clipped output)."""
+    @property
+    def takes_int8(self) -> bool:
+        """Whether q, k and v run as one W8A8 GEMM, so that x may come already quantized."""
+        return all(isinstance(layer, QuantLinear) and layer.int8 and layer.bias is None
+                   for layer in (self.to_q, self.to_k, self.to_v))
+
+    def forward(self, x: Tensor | QuantizedTokens, residual: Residual | None = None) -> Tensor:
+        """As `LinearSelfAttention.forward`, x [B, N, C] (`QuantizedTokens` of that shape where
+        `takes_int8`); with a `residual`, what lands in the residual stream behind it instead
+        (x + gate · the clipped output)."""
         q, k, v = self._project(x)
         q, k = self.norm_q(q), self.norm_k(k)
         mixed = linear_attention.linear_attention(q, k, v, self.heads)
@@ -89,25 +102,28 @@ class FastLinearSelfAttention(_AttentionTwin):
             return residual.add(self.to_out(mixed))
         return residual.project(self.to_out[0], mixed.view(-1, mixed.shape[-1]))
 
-    def _project(self, x: Tensor) -> list[Tensor]:
+    def _project(self, x: Tensor | QuantizedTokens) -> list[Tensor]:
         """q, k, v as column slices of one GEMM's output: a third of the launches, and at 1024² one
         wave of tiles fills the GPU where three would each leave it part idle (0.6B, 2 × 1024
         tokens, W8A8: 0.041 → 0.026 ms a block on an H100; FP16 gives the same bits as three
-        GEMMs). In W8A8 the three also share one per-token quantization of x. The published
+        GEMMs). In W8A8 the three also share one per-token quantization of x (or take x as the
+        modulation handed it, already quantized). The published
         projections have no bias (`attention_bias` is False); with one, each runs on its own."""
         layers = (self.to_q, self.to_k, self.to_v)
-        if any(layer.bias is not None for layer in layers):
-            return [layer(x) for layer in layers]
-        if all(isinstance(layer, QuantLinear) and layer.int8 for layer in layers):
+        leading = (x.values if isinstance(x, QuantizedTokens) else x).shape[:-1]
+        if self.takes_int8:
             self._keep_stacks("weight_int8", "weight_scale")
             weight, scale = (stack_rows(layers, name, self._stacks) for name in ("weight_int8", "weight_scale"))
-            qkv = int8_gemm(*quantize_tokens(x), weight, scale, None, self.to_q.weight.dtype)
-        elif not any(getattr(layer, "int8", False) for layer in layers):
+            values, token_scale = (x.values, x.scale) if isinstance(x, QuantizedTokens) else quantize_tokens(x)
+            qkv = int8_gemm(values.view(-1, values.shape[-1]), token_scale.view(-1, 1), weight, scale, None,
+                            self.to_q.weight.dtype)
+        elif any(layer.bias is not None or getattr(layer, "int8", False) for layer in layers):
+            # a bias, or some switched to INT8 and some not (only a policy change mid-run does that)
+            return [layer(x) for layer in layers]
+        else:
             self._keep_stacks("weight")
             qkv = F.linear(x, stack_rows(layers, "weight", self._stacks))
-        else:  # some switched to INT8 and some not: only a policy change mid-run would do that
-            return [layer(x) for layer in layers]
-        return list(qkv.view(*x.shape[:-1], -1).split([layer.out_features for layer in layers], dim=-1))
+        return list(qkv.view(*leading, -1).split([layer.out_features for layer in layers], dim=-1))
 
     def _keep_stacks(self, *names: str) -> None:
         """Drop the other precision's stacks: they would keep on the GPU the weights that a switch
@@ -206,9 +222,15 @@ class FastMixFFN(nn.Module):
         super().__init__()
         self.conv_inverted, self.conv_depth, self.conv_point = ff.conv_inverted, ff.conv_depth, ff.conv_point
 
-    def forward(self, x: Tensor, residual: Residual | None = None) -> Tensor:
-        """As `MixFFN.forward`; with a `residual` ([B, h·w, C] tokens), what lands in the residual
-        stream behind it instead (x + gate · the output, as tokens)."""
+    @property
+    def takes_int8(self) -> bool:
+        """Whether the expansion runs W8A8, so that x may come already quantized."""
+        return getattr(self.conv_inverted, "int8", False)
+
+    def forward(self, x: Tensor | QuantizedTokens, residual: Residual | None = None) -> Tensor:
+        """As `MixFFN.forward`: x NCHW (`QuantizedTokens` of shape [B, h, w, C] where
+        `takes_int8`); with a `residual` ([B, h·w, C] tokens), what lands in the residual stream
+        behind it instead (x + gate · the output, as tokens)."""
         hidden = _pointwise(self.conv_inverted, x)
         mixed = glu.conv_glu(hidden, self.conv_depth.weight, self.conv_depth.bias)
         if residual is None or not mixed.is_cuda:
@@ -218,13 +240,17 @@ class FastMixFFN(nn.Module):
         return residual.project(self.conv_point, mixed.permute(0, 2, 3, 1).reshape(-1, mixed.shape[1]))
 
 
-def _pointwise(conv: nn.Module, x: Tensor) -> Tensor:
+def _pointwise(conv: nn.Module, x: Tensor | QuantizedTokens) -> Tensor:
     """A 1×1 conv of NCHW x. A plain nn.Conv2d runs as the GEMM it is, over the tokens of x's
     channels-last memory: cuBLAS took 2.65 ms where cuDNN's 1×1 conv took 3.46 ms for the 1.6B
     expansion at 4096² (H100). The tokens go in as one 2-D matrix, so the bias is added in the
     GEMM's epilogue (cuDNN's 1×1 conv added it in a separate pass: 1 ms a block at 4096²). A
     W8A8 layer switched to float runs the same way; switched to INT8 it runs itself, as does
-    anything on the CPU."""
+    anything on the CPU. Tokens already quantized ([B, H, W, C]) go straight to the W8A8 GEMM."""
+    if isinstance(x, QuantizedTokens):
+        batch, height, width, channels = x.values.shape
+        tokens = conv.gemm(x.values.view(-1, channels), x.scale.view(-1, 1))
+        return tokens.view(batch, height, width, -1).permute(0, 3, 1, 2)
     if not x.is_cuda or getattr(conv, "int8", False):
         return conv(x)
     batch, channels, height, width = x.shape
@@ -297,13 +323,20 @@ class FastSanaBlock(nn.Module):
     ) -> Tensor:
         ada = (self.scale_shift_table, modulation)
         x = x.contiguous()  # a no-op for what `LinearDiT` hands over; the kernels need it
-        y = modulate.modulate(x, *ada, modulate.SHIFT_MSA, modulate.SCALE_MSA, self.norm_eps)
+        # In W8A8 the modulations hand their branch y already quantized per token
+        y = modulate.modulate(x, *ada, modulate.SHIFT_MSA, modulate.SCALE_MSA, self.norm_eps,
+                              quantize=self.attn1.takes_int8)
         x = self.attn1(y, Residual(x, *ada, modulate.GATE_MSA, clamp=True))
         # x is this block's own tensor from here on, so the residuals may update it in place
         x, y = modulate.add_modulate(
-            x, self.attn2(x, keys_values, padding), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps
+            x, self.attn2(x, keys_values, padding), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps,
+            quantize=self.ff.takes_int8,
         )
-        return self.ff(y.unflatten(1, (h, w)).permute(0, 3, 1, 2), Residual(x, *ada, modulate.GATE_MLP, in_place=True))
+        if isinstance(y, QuantizedTokens):
+            y = QuantizedTokens(y.values.unflatten(1, (h, w)), y.scale)
+        else:
+            y = y.unflatten(1, (h, w)).permute(0, 3, 1, 2)
+        return self.ff(y, Residual(x, *ada, modulate.GATE_MLP, in_place=True))
 
 
 class FastOutputNorm(nn.Module):

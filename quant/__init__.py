@@ -12,6 +12,7 @@ which layers, `swap.py` applies it. Nothing here imports `engine`.
 
 from .int8 import (
     GatedResidual,
+    QuantizedTokens,
     dequantize_epilogue,
     gated_residual_epilogue,
     int8_matmul_reference,
@@ -30,6 +31,7 @@ __all__ = [
     "QuantPointwiseConv",
     "QuantPolicy",
     "QuantReport",
+    "QuantizedTokens",
     "dequantize_epilogue",
     "dequantize_model",
     "gated_residual_epilogue",

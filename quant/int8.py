@@ -100,6 +100,14 @@ class GatedResidual(NamedTuple):
 FP16_MAX = 65504.0
 
 
+class QuantizedTokens(NamedTuple):
+    """An activation already quantized per token, as a producer kernel hands it to a W8A8 layer:
+    values int8 [M, K], scale fp32 [M, 1] (what `quantize_per_token` gives, flattened to rows)."""
+
+    values: torch.Tensor
+    scale: torch.Tensor
+
+
 def gated_residual_epilogue(branch: torch.Tensor, residual: GatedResidual) -> torch.Tensor:
     """residual.x + gate · branch in fp32 (see `GatedResidual`), cast to branch's dtype."""
     value = branch.float()

@@ -58,7 +58,7 @@ def _load_pre_op(
 
 
 @triton.jit
-def _inverse_scale(absmax, s_ptr, token, t_mask):
+def inverse_scale(absmax, s_ptr, token, t_mask):
     """Store each token's scale, absmax / 127; return 127 / absmax, what its values are multiplied by."""
     absmax = tl.maximum(absmax, _MIN_ABSMAX)
     tl.store(s_ptr + token, tl.math.div_rn(absmax, _QMAX), mask=t_mask)
@@ -66,7 +66,7 @@ def _inverse_scale(absmax, s_ptr, token, t_mask):
 
 
 @triton.jit
-def _store_quantized(v, inv, q_ptr, token, offs_c, t_mask, C):
+def store_quantized(v, inv, q_ptr, token, offs_c, t_mask, C):
     """v · inv rounded to the nearest integer, ties to even as torch.round, stored as int8."""
     y = v * inv[:, None]
     y = (y + _ROUND_MAGIC) - _ROUND_MAGIC
@@ -91,8 +91,8 @@ def _quantize_tokens_kernel(
         offs_c = tl.arange(0, BLOCK_C)
         v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
                          stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
-        inv = _inverse_scale(tl.max(tl.abs(v), axis=1), s_ptr, token, t_mask)
-        _store_quantized(v, inv, q_ptr, token, offs_c, t_mask, C)
+        inv = inverse_scale(tl.max(tl.abs(v), axis=1), s_ptr, token, t_mask)
+        store_quantized(v, inv, q_ptr, token, offs_c, t_mask, C)
     else:
         # Wider rows: two passes (absmax, then quantize); the second read of a BLOCK_T × C tile
         # mostly hits L2.
@@ -102,12 +102,12 @@ def _quantize_tokens_kernel(
             v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
                              stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
             absmax = tl.maximum(absmax, tl.max(tl.abs(v), axis=1))
-        inv = _inverse_scale(absmax, s_ptr, token, t_mask)
+        inv = inverse_scale(absmax, s_ptr, token, t_mask)
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C)
             v = _load_pre_op(x_ptr, shift_ptr, scale_ptr, b, offs_t, offs_c, t_mask, C,
                              stride_xb, stride_xt, stride_xc, stride_mb, PRE_OP)
-            _store_quantized(v, inv, q_ptr, token, offs_c, t_mask, C)
+            store_quantized(v, inv, q_ptr, token, offs_c, t_mask, C)
 
 
 def quantize_tokens(

@@ -280,6 +280,30 @@ def _interpreter_measurements() -> dict:
         table2, step_row = torch.randn(2, 80).to(dtype), torch.randn(2, 1, 80).to(dtype)
         record(f"modulate/output_norm/{tag}", md.modulate(x, table2, step_row.expand(-1, 2, -1), 0, 1, 1e-6),
                OutputNorm(1e-6)(*upcast(x, table2, step_row)), dtype)
+        # 24 tokens a sample: programs walk 8 rows each, their sample's rows read once
+        x24, branch24 = x[:, :24].contiguous(), branch[:, :24].contiguous()
+        record(f"modulate/rows_a_program/{tag}", md.modulate(x24, table, modulation, 0, 1, 1e-6),
+               md.modulate_reference(*upcast(x24, table, modulation), 0, 1, 1e-6), dtype)
+        record(f"add_modulate/rows_a_program/{tag}", md.add_modulate(x24.clone(), branch24, table, modulation, 3, 4, 1e-6)[1],
+               md.add_modulate_reference(*upcast(x24.clone(), branch24, table, modulation), 3, 4, 1e-6)[1], dtype)
+        # the W8A8 handover: y quantized per token in the same pass, equal to quantizing the stored y
+        from quant import kernels as qk
+        for case, (rows, more, args) in {"one_modulation_row": (x, branch, (table, modulation[:1], 3, 4)),
+                                         "rows_a_program": (x24, branch24, (table, modulation, 0, 1))}.items():
+            handed = md.modulate(rows, *args, 1e-6, quantize=True)
+            stored = qk.quantize_tokens(md.modulate(rows, *args, 1e-6))
+            target = rows.clone()
+            summed_q, handed_add = md.add_modulate(target, more, *args, 1e-6, quantize=True)
+            summed, stored_y = md.add_modulate(rows.clone(), more, *args, 1e-6)
+            def same(handed, stored):
+                return (handed.values.shape == rows.shape and torch.equal(handed.values.view(stored[0].shape), stored[0])
+                        and torch.equal(handed.scale.view(stored[1].shape), stored[1]))
+
+            results[f"quantized_handover/{case}/{tag}"] = {
+                "modulate_equal": same(handed, stored),
+                "add_modulate_equal": same(handed_add, qk.quantize_tokens(stored_y)) and torch.equal(summed_q, summed),
+                "int8": handed.values.dtype == torch.int8 and handed_add.values.dtype == torch.int8,
+            }
         target = x.clone()
         summed, y = md.add_modulate(target, branch, table, modulation, 3, 4, 1e-6)
         want_sum, want_y = md.add_modulate_reference(*upcast(x.clone(), branch, table, modulation), 3, 4, 1e-6)
@@ -337,6 +361,13 @@ def test_triton_kernel_matches_its_reference_in_the_interpreter(interpreted, ker
     for name, r in cases.items():
         assert r["finite"] and r["dtype_kept"], (name, r)
         assert r["rel_err"] <= TOLERANCE[name.rsplit("/", 1)[1]], (name, r)
+
+
+def test_modulate_hands_a_w8a8_layer_its_input_quantized_as_the_quantizer_would(interpreted):
+    cases = {name: r for name, r in interpreted.items() if name.startswith("quantized_handover/")}
+    assert len(cases) == 4
+    for name, r in cases.items():
+        assert r["modulate_equal"] and r["add_modulate_equal"] and r["int8"], (name, r)
 
 
 def test_linear_attention_kernel_gives_zero_for_a_query_the_relu_zeroes(interpreted):

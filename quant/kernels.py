@@ -1,4 +1,5 @@
-"""Triton kernels for W8A8: the per-token quantizer (with optional fused pre-op) and the int8 GEMM.
+"""Triton kernels for W8A8: the per-token quantizer (with optional fused pre-op) and the int8 GEMM,
+whose epilogue can also add its result, gated, into a residual stream (`int8.GatedResidual`).
 
 Each kernel computes the formula of its reference in `int8.py`, op for op and in the same order,
 and is compiled without FMA contraction (`enable_fp_fusion=False`), so the quantized integers and

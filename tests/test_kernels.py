@@ -280,7 +280,7 @@ def _interpreter_measurements() -> dict:
         table2, step_row = torch.randn(2, 80).to(dtype), torch.randn(2, 1, 80).to(dtype)
         record(f"modulate/output_norm/{tag}", md.modulate(x, table2, step_row.expand(-1, 2, -1), 0, 1, 1e-6),
                OutputNorm(1e-6)(*upcast(x, table2, step_row)), dtype)
-        # 24 tokens a sample: programs walk 8 rows each, their sample's rows read once
+        # 24 tokens a sample: programs walk several rows each (4 here), their sample's rows read once
         x24, branch24 = x[:, :24].contiguous(), branch[:, :24].contiguous()
         record(f"modulate/rows_a_program/{tag}", md.modulate(x24, table, modulation, 0, 1, 1e-6),
                md.modulate_reference(*upcast(x24, table, modulation), 0, 1, 1e-6), dtype)

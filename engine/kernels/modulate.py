@@ -27,7 +27,7 @@ import triton.language as tl
 from quant import QuantizedTokens, quantize_tokens
 from quant.kernels import inverse_scale, store_quantized
 
-from ._launch import use_triton
+from ._launch import multiprocessors, use_triton
 
 SHIFT_MSA, SCALE_MSA, GATE_MSA, SHIFT_MLP, SCALE_MLP, GATE_MLP = range(6)  # the table's rows
 FP16_MAX = 65504.0
@@ -241,11 +241,21 @@ def _quantized(y: torch.Tensor) -> QuantizedTokens:
     return QuantizedTokens(values.view(y.shape), scale.view(*y.shape[:-1], 1))
 
 
-# Rows an int8 handover program walks, at most (the largest power of two dividing a sample's
-# tokens): H100, 2 × 16384 × 2240, modulate → int8 0.155 ms with 8 rows (0.211 with 1), where
-# modulate and then the quantizer took 0.193; add_modulate → int8 0.213 where the two took 0.277.
-# The plain kernel keeps one row a program: walking rows measured slower there (0.126 vs 0.119).
+# Rows an int8 handover program walks: as many as keep at least two programs an SM, up to 8, a
+# power of two dividing a sample's tokens. H100 (µs a call, modulate → int8 / add_modulate → int8,
+# against modulate or add_modulate and then the quantizer):
+#   2 × 16384 × 2240: 8 rows 155 / 213, 4 rows 162 / 213, 1 row 211 / 238; separate 193 / 277
+#   2 × 1024 × 2240:  8 rows 13.9 / 15.8, 4 rows 11.2 / 12.7;                separate 13.8 / 14.2
+#   2 × 1024 × 1152:  8 rows 11.0 / 12.1, 4 rows 7.6 / 8.6;                  separate 8.9 / 9.5
+# The plain kernel keeps one row a program: walking rows measured slower there (126 vs 119 µs).
 HANDOVER_ROWS = 8
+
+
+def _handover_rows(rows: int, tokens: int, x: torch.Tensor) -> int:
+    per_program = min(HANDOVER_ROWS, tokens & -tokens)  # a power of two dividing the sample's tokens
+    while per_program > 1 and rows // per_program < 2 * multiprocessors(x):
+        per_program //= 2
+    return per_program
 
 
 def _launch_modulate(x, branch, table, modulation, shift_row, scale_row, eps, quantize):
@@ -256,7 +266,7 @@ def _launch_modulate(x, branch, table, modulation, shift_row, scale_row, eps, qu
     if quantize:
         values = torch.empty(batch, tokens, dim, dtype=torch.int8, device=x.device)
         scale = torch.empty(batch, tokens, 1, dtype=torch.float32, device=x.device)
-        per_program = min(HANDOVER_ROWS, tokens & -tokens)
+        per_program = _handover_rows(rows, tokens, x)
         _modulate_int8_kernel[(rows // per_program,)](
             x, branch, values, scale, table, modulation, *args,
             HAS_BRANCH=branch is not x, ROWS=per_program, BLOCK_D=block_d, num_warps=4,

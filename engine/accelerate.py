@@ -38,6 +38,7 @@ from quant import (
     int8_gemm,
     quantize_tokens,
 )
+from quant.int8 import FP16_MAX
 
 from .dit import (
     CrossAttention,
@@ -61,9 +62,6 @@ else:
 _FLASH = getattr(torch.ops.aten, "_flash_attention_forward", None)
 if _FLASH is not None and "seqused_k" not in str(_FLASH.default._schema):
     _FLASH = None
-
-FP16_MAX = 65504.0
-
 
 class _AttentionTwin(nn.Module):
     """What both attention twins hold: the reference's own projections and norms, by name."""

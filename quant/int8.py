@@ -23,6 +23,9 @@ MIN_ABSMAX = 1e-12
 # Adding then subtracting 1.5·2^23 rounds any |y| < 2^22 to the nearest integer, ties to even,
 # exactly like torch.round; the kernels use this because libdevice's rint has no interpreter.
 ROUND_MAGIC = 12582912.0
+# The largest finite fp16: SANA clips its self-attention's output to it (the reference's own
+# guard against fp16 overflow), and every fused path that takes over that clip uses this one value.
+FP16_MAX = 65504.0
 
 
 def _quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,12 +100,9 @@ class GatedResidual(NamedTuple):
     gate_base: torch.Tensor | None = None
 
 
-FP16_MAX = 65504.0
-
-
 class QuantizedTokens(NamedTuple):
     """An activation already quantized per token, as a producer kernel hands it to a W8A8 layer:
-    values int8 [M, K], scale fp32 [M, 1] (what `quantize_per_token` gives, flattened to rows)."""
+    values int8 [..., K], scale fp32 [..., 1], one scale a token (what `quantize_per_token` gives)."""
 
     values: torch.Tensor
     scale: torch.Tensor

@@ -451,6 +451,10 @@ def _launch_gemm(a, w, out, a_scale, w_scale, bias, epilogue: bool, tma: bool | 
         if gate.stride(1) != 1 or (base is not None and (base.shape != (n,) or base.stride(0) != 1)):
             raise ValueError("the gate rows (and their base) need unit stride along N")
         stride_rm, rows_per_gate = r_ptr.stride(0), m // groups
+        if groups > 1 and rows_per_gate < _MAX_BLOCK_M:
+            # samples shorter than a tile: the epilogue's two gate rows a tile would not do
+            result = _launch_gemm(a, w, torch.empty_like(out), a_scale, w_scale, bias, epilogue, tma)
+            return out.copy_(ref.gated_residual_epilogue(result, residual))
     flags = {"EPILOGUE": epilogue, "HAS_BIAS": bias is not None, "RESIDUAL": residual is not None,
              "HAS_BASE": base is not None, "CLAMP": residual is not None and residual.clamp}
     base = gate if base is None else base
@@ -509,10 +513,5 @@ def int8_gemm(
         out = torch.empty(a.shape[0], w.shape[0], dtype=out_dtype, device=a.device)
     elif out.shape != (a.shape[0], w.shape[0]) or out.dtype != out_dtype or out.stride(1) != 1:
         raise ValueError(f"out must be [{a.shape[0]}, {w.shape[0]}] {out_dtype} with unit stride along N")
-    if residual is not None and residual.gate.shape[0] > 1 and a.shape[0] // residual.gate.shape[0] < _MAX_BLOCK_M:
-        # samples shorter than a tile: the epilogue's two gate rows a tile would not do
-        result = _launch_gemm(a, w, torch.empty_like(out), a_scale.contiguous(), w_scale.contiguous(), bias,
-                              epilogue=True, tma=tma)
-        return out.copy_(ref.gated_residual_epilogue(result, residual))
     return _launch_gemm(a, w, out, a_scale.contiguous(), w_scale.contiguous(), bias, epilogue=True, tma=tma,
                         residual=residual)

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from quant.int8 import FP16_MAX
+
 from ._launch import INTERPRET, multiprocessors, use_triton
 
 EPS = 1e-15  # as diffusers: keeps an all-zero query (every q·k = 0) at 0 instead of 0/0
-FP16_MAX = 65504.0
 _EPS = tl.constexpr(EPS)
 _FP16_MAX = tl.constexpr(FP16_MAX)
 

@@ -93,12 +93,15 @@ class FastLinearSelfAttention(_AttentionTwin):
         (x + gate · the clipped output)."""
         q, k, v = self._project(x)
         q, k = self.norm_q(q), self.norm_k(k)
-        mixed = linear_attention.linear_attention(q, k, v, self.heads)
-        if residual is None:
-            return self.to_out(mixed).clamp(-FP16_MAX, FP16_MAX)
-        if not mixed.is_cuda:
-            return residual.add(self.to_out(mixed))
-        return residual.project(self.to_out[0], mixed.view(-1, mixed.shape[-1]))
+        if residual is None or not q.is_cuda:
+            mixed = linear_attention.linear_attention(q, k, v, self.heads)
+            out = self.to_out(mixed).clamp(-FP16_MAX, FP16_MAX)
+            return out if residual is None else residual.add(out)
+        projection, rows = self.to_out[0], q.shape[0] * q.shape[1]
+        # where the gate folds into to_out's weight, its bias rides there too, on a ones column
+        bias_column = projection.bias is not None and residual.folds(projection, rows)
+        mixed = linear_attention.linear_attention(q, k, v, self.heads, bias_column=bias_column)
+        return residual.project(projection, mixed.view(rows, -1))
 
     def _project(self, x: Tensor | QuantizedTokens) -> list[Tensor]:
         """q, k, v as column slices of one GEMM's output: a third of the launches, and at 1024² one
@@ -259,6 +262,13 @@ def _pointwise(conv: nn.Module, x: Tensor | QuantizedTokens) -> Tensor:
     return tokens.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
+# Tokens per weight input from which a 16-bit projection takes its gate folded into the weight.
+# CFG step, H100, interleaved with the code before: at 1.6B 4096² (2 × 16384 tokens; Mix-FFN
+# projection 5.9 tokens an input, to_out 14.6) folding both gained 0.3% over folding the Mix-FFN's
+# alone; at 0.6B 1024² (to_out, 1.8 tokens an input) folding cost 3.5% (6.17 → 6.38 ms).
+FOLD_ROWS_PER_INPUT = 4
+
+
 @dataclass
 class Residual:
     """Where a branch of a block lands: out = x + gate · branch (the branch first clipped to
@@ -277,6 +287,14 @@ class Residual:
         return modulate.gated_residual(self.x, branch, self.table, self.modulation, self.row,
                                        clamp=self.clamp, out=self.x if self.in_place else None)
 
+    def folds(self, layer: nn.Module, rows: int) -> bool:
+        """Whether `project` folds the gate into the 16-bit weight of `layer` for `rows` tokens:
+        one gate row for the batch (one timestep), and at least FOLD_ROWS_PER_INPUT tokens per
+        input of the weight. Folding moves the weight (2·N·K) and has cuBLAS read x, to save the
+        residual pass (3·M·N); see FOLD_ROWS_PER_INPUT for where that measured a gain."""
+        return (not getattr(layer, "int8", False) and self.modulation.shape[0] == 1
+                and rows >= FOLD_ROWS_PER_INPUT * layer.weight.flatten(1).shape[1])
+
     def project(self, layer: nn.Module, tokens: Tensor) -> Tensor:
         """x + gate · layer(tokens) for the branch's last projection (a Linear or 1×1 conv; tokens
         [B·T, K] on CUDA), without the branch ever being a tensor of its own where the layer
@@ -284,10 +302,11 @@ class Residual:
         that a projection and its residual make (~0.1 ms a call at 1.6B 4096² on an H100).
 
         - W8A8: the GEMM's epilogue adds the branch into x (`quant.GatedResidual`).
-        - 16-bit, no bias and no clip, one gate row for the batch (one timestep), more tokens than
-          the weight has inputs: the gate scales the weight's rows (gate · (y Wᵀ) = y (gate·W)ᵀ)
-          and cuBLAS accumulates onto x in place (the sampler's case for the Mix-FFN's projection
-          at 4096²).
+        - 16-bit where `folds`: the gate scales the weight's rows (gate · (y Wᵀ) = y (gate·W)ᵀ)
+          and cuBLAS adds the product to x in fp32. A bias rides in the weight as one more
+          column, where the tokens carry `linear_attention`'s ones column ([B·T, K +
+          BIAS_COLUMNS]; without it, the next way). The ±65504 clip guards a branch's cast to
+          fp16; folded, the branch never is a 16-bit tensor, so there is nothing to clip.
         - Otherwise the projection, then `add`."""
         rows = tokens.shape[0]
         if getattr(layer, "int8", False):
@@ -297,13 +316,12 @@ class Residual:
             layer.gemm(*quantize_tokens(tokens), residual=gate, out=out.view(rows, -1))
             return out
         weight = layer.weight.flatten(1)
-        # folding moves the weight once (2·N·K) to save 2·M·N of the residual's traffic: worth it
-        # only when the tokens outnumber the weight's inputs (4096², not 1024²)
-        if (self.in_place and not self.clamp and layer.bias is None and self.modulation.shape[0] == 1
-                and rows > weight.shape[1]):
-            gated = modulate.gated_weight(weight, self.table, self.modulation, self.row)
-            self.x.view(rows, -1).addmm_(tokens, gated.t())
-            return self.x
+        bias_columns = 0 if layer.bias is None else modulate.BIAS_COLUMNS
+        if self.folds(layer, rows) and tokens.shape[1] == weight.shape[1] + bias_columns:
+            gated = modulate.gated_weight(weight, self.table, self.modulation, self.row, layer.bias)
+            x = self.x.view(rows, -1)
+            out = x.addmm_(tokens, gated.t()) if self.in_place else torch.addmm(x, tokens, gated.t())
+            return out.view(self.x.shape)
         return self.add(F.linear(tokens, weight, layer.bias).view(self.x.shape))
 
 

@@ -200,24 +200,32 @@ def test_reference_ops_are_the_dit_modules_arithmetic():
         assert torch.equal(ff.conv_point(conv_glu_reference(hidden, ff.conv_depth.weight, ff.conv_depth.bias)), ff(nchw))
 
 
-# way: (W8A8, gate rows, tokens a sample, whether the separate residual pass runs)
-WAYS = {"int8_epilogue": (True, 2, 6, False), "folded_gate": (False, 1, 20, False),
-        "gate_per_sample": (False, 2, 20, True), "fewer_tokens_than_inputs": (False, 1, 6, True)}
+# way: (W8A8, bias, the tokens carry the bias's ones column, gate rows, tokens a sample,
+#       whether the separate residual pass runs)
+WAYS = {"int8_epilogue": (True, True, False, 2, 6, False), "folded_gate": (False, False, False, 1, 64, False),
+        "folded_gate_and_bias": (False, True, True, 1, 64, False),
+        "bias_without_its_column": (False, True, False, 1, 64, True),
+        "gate_per_sample": (False, False, False, 2, 64, True),
+        "too_few_tokens_an_input": (False, False, False, 1, 40, True)}
 
 
 @pytest.mark.parametrize("way", WAYS)
-def test_a_projection_lands_in_the_residual_stream_as_the_layer_then_its_gated_residual(way, monkeypatch):
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_projection_lands_in_the_residual_stream_as_the_layer_then_its_gated_residual(way, in_place, monkeypatch):
     """`Residual.project`, each of its ways, against the projection followed by the reference
-    gated residual in float64. The two fused ways never run the separate residual pass; folding
-    the gate into the weight needs one gate row and more tokens (2·20) than the weight's inputs."""
-    from engine.accelerate import Residual
+    gated residual (with the self-attention's clip) in float64. The two fused ways never run the
+    separate residual pass; folding the gate into the weight needs one gate row and
+    FOLD_ROWS_PER_INPUT tokens an input (2·64 rows for 32 inputs, where 2·40 are too few), and a
+    bias folds only where its ones column comes along."""
+    from engine.accelerate import FOLD_ROWS_PER_INPUT, Residual
     from engine.kernels import modulate as md
     from quant import QuantLinear
 
-    int8, gate_rows, tokens, separate_pass = WAYS[way]
+    assert 2 * 40 < FOLD_ROWS_PER_INPUT * 32 <= 2 * 64  # the ways below straddle the threshold
+    int8, bias, ones_column, gate_rows, tokens, separate_pass = WAYS[way]
     torch.manual_seed(0)
     batch, k, n = 2, 32, 16
-    layer = torch.nn.Linear(k, n, bias=int8)
+    layer = torch.nn.Linear(k, n, bias=bias)
     if int8:
         layer = QuantLinear.from_float(layer)
     x, inputs = torch.randn(batch, tokens, n) * 3, torch.randn(batch * tokens, k)
@@ -226,11 +234,15 @@ def test_a_projection_lands_in_the_residual_stream_as_the_layer_then_its_gated_r
     monkeypatch.setattr(md, "gated_residual", lambda *args, **kwargs: separate.append(1) or real(*args, **kwargs))
     with torch.inference_mode():
         branch = layer(inputs).view(x.shape)
-        want = md.gated_residual_reference(x.double(), branch.double(), table.double(), modulation.double(), 2, int8)
-        residual = Residual(x.clone(), table, modulation, 2, clamp=int8, in_place=True)
+        want = md.gated_residual_reference(x.double(), branch.double(), table.double(), modulation.double(), 2, True)
+        if ones_column:
+            column = torch.zeros(inputs.shape[0], md.BIAS_COLUMNS)
+            column[:, 0] = 1
+            inputs = torch.cat([inputs, column], dim=1)
+        residual = Residual(x.clone(), table, modulation, 2, clamp=True, in_place=in_place)
         got = residual.project(layer, inputs)
     assert rel_err(got, want) < 1e-5
-    assert got.data_ptr() == residual.x.data_ptr()  # in place, as asked
+    assert (got.data_ptr() == residual.x.data_ptr()) == in_place  # in place where asked, else a new tensor
     assert bool(separate) == separate_pass
 
 
@@ -266,6 +278,12 @@ def _interpreter_measurements() -> dict:
         q, k, v = qkv.split(64, dim=-1)
         record(f"linear_attention/strided/{tag}", la.linear_attention(q, k, v, 2),
                la.linear_attention_reference(*upcast(q, k, v), 2), dtype)
+        # with the bias's ones column after the last head: (1, 0, …, 0) on every row, tokens split
+        got = la.linear_attention(q, k, v, 2, splits=2, bias_column=True)
+        ones = torch.zeros(2, 29, md.BIAS_COLUMNS, dtype=dtype)
+        ones[..., 0] = 1
+        record(f"linear_attention/bias_column/{tag}", got[..., :64], la.linear_attention_reference(*upcast(q, k, v), 2),
+               dtype, {"bias_column": got.shape == (2, 29, 64 + md.BIAS_COLUMNS) and torch.equal(got[..., 64:], ones)})
 
         # AdaLN: 37 tokens, so a tile of rows straddles the two samples
         x = (torch.randn(2, 37, 80) * 3 + 1).to(dtype)
@@ -325,6 +343,13 @@ def _interpreter_measurements() -> dict:
         weight, table3, row3 = torch.randn(37, 50).to(dtype), torch.randn(6, 37).to(dtype), torch.randn(1, 6, 37).to(dtype)
         record(f"gated_weight/ragged/{tag}", md.gated_weight(weight, table3, row3, 5),  # N, K off the tile
                md.gated_weight_reference(*upcast(weight, table3, row3), 5), dtype)
+        bias37 = torch.randn(37).to(dtype)  # the bias as column 50, zeros after it; 256 + 2 columns: two tiles
+        for case, w in {"bias": weight, "bias_second_tile": torch.randn(37, 250).to(dtype)}.items():
+            got = md.gated_weight(w, table3, row3, 5, bias37)
+            want = md.gated_weight_reference(*upcast(w, table3, row3), 5, bias37.float())
+            record(f"gated_weight/{case}/{tag}", got, want, dtype,
+                   {"bias_column": got.shape == (37, w.shape[1] + md.BIAS_COLUMNS) and torch.equal(got[:, w.shape[1] + 1:],
+                                                                                             torch.zeros_like(got[:, w.shape[1] + 1:]))})
 
         # Mix-FFN's middle: odd image sizes, NCHW and channels-last input, with and without bias
         for case, (channels2, h, w, bias, channels_last) in {
@@ -378,6 +403,13 @@ def test_linear_attention_kernel_gives_zero_for_a_query_the_relu_zeroes(interpre
 def test_residual_kernels_write_in_place_when_asked(interpreted):
     flags = [r["in_place"] for r in interpreted.values() if "in_place" in r]
     assert len(flags) == 4 and all(flags)
+
+
+def test_bias_columns_are_laid_out_where_the_folded_projection_reads_them(interpreted):
+    """linear_attention's ones column and gated_weight's bias column: (1, 0, …, 0) after the
+    heads, the gated bias then zeros after the weight's inputs."""
+    flags = {name: r["bias_column"] for name, r in interpreted.items() if "bias_column" in r}
+    assert len(flags) == 6 and all(flags.values()), flags
 
 
 def test_conv_glu_kernel_writes_channels_last(interpreted):

@@ -56,8 +56,13 @@ def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
 
     q, k, v = randn(batch, tokens, dim), randn(batch, tokens, dim), randn(batch, tokens, dim)
     poison_allocator(q.numel())
-    check(record_property, "linear_attention", la.linear_attention(q, k, v, heads),
-          la.linear_attention_reference(*upcast(q, k, v), heads))
+    want = la.linear_attention_reference(*upcast(q, k, v), heads)
+    check(record_property, "linear_attention", la.linear_attention(q, k, v, heads), want)
+    with_column = la.linear_attention(q, k, v, heads, bias_column=True)  # to_out's bias rides on it
+    check(record_property, "linear_attention_bias_column", with_column[..., :dim], want)
+    ones = torch.zeros(batch, tokens, md.BIAS_COLUMNS, device="cuda", dtype=torch.half)
+    ones[..., 0] = 1
+    assert torch.equal(with_column[..., dim:], ones)
 
     x, branch = randn(batch, tokens, dim, scale=3.0), randn(batch, tokens, dim)
     table, modulation = randn(6, dim, scale=0.1), randn(batch, 6, dim, scale=0.5)
@@ -91,6 +96,9 @@ def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
     projection = randn(dim, hidden, scale=0.02)  # the Mix-FFN's, whose gate it takes where one serves the batch
     check(record_property, "gated_weight", md.gated_weight(projection, table, modulation[:1], 5),
           md.gated_weight_reference(*upcast(projection, table, modulation[:1]), 5))
+    to_out, to_out_bias = randn(dim, dim, scale=0.02), randn(dim, scale=0.1)  # the self-attention's, bias folded in
+    check(record_property, "gated_weight_bias", md.gated_weight(to_out, table, modulation[:1], 2, to_out_bias),
+          md.gated_weight_reference(*upcast(to_out, table, modulation[:1]), 2, to_out_bias.float()))
 
     expanded = randn(batch, side, side, 2 * hidden, scale=2.0).permute(0, 3, 1, 2)  # channels-last, as a 1×1 conv gives
     weight, bias = randn(2 * hidden, 1, 3, 3, scale=0.3), randn(2 * hidden, scale=0.1)

@@ -9,6 +9,10 @@ and no fp32 copy of q, k or v ever reaches memory:
    small workspace. Slicing N is what fills the GPU when B·H is only ~100 (or 72) programs.
 2. per (batch × head, slice): sum the slices' partials (deterministic, no atomics), then
    q·(KᵀV) / (q·Kᵀ1 + ε) for each of the slice's tokens, in fp32, written in the input dtype.
+
+Where `to_out`'s bias rides in its weight (`accelerate.Residual`, the gate folded into a 16-bit
+weight), the output rows carry `BIAS_COLUMNS` more columns, (1, 0, …, 0), written by the last
+head's programs: [mixed, 1] · [W, b]ᵀ = W·mixed + b, with no pass of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import triton.language as tl
 from quant.int8 import FP16_MAX
 
 from ._launch import INTERPRET, multiprocessors, use_triton
+from .modulate import BIAS_COLUMNS
 
 EPS = 1e-15  # as diffusers: keeps an all-zero query (every q·k = 0) at 0 instead of 0/0
 _EPS = tl.constexpr(EPS)
@@ -95,6 +100,7 @@ def _attend_kernel(
     N, H, chunk, S,
     stride_qb, stride_qn, stride_ob, stride_on,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BIAS_COLUMN: tl.constexpr, PAD: tl.constexpr,
 ):
     bh = tl.program_id(0)
     s = tl.program_id(1)
@@ -124,14 +130,21 @@ def _attend_kernel(
         out = tl.minimum(tl.maximum(out, -_FP16_MAX), _FP16_MAX)
         tl.store(o_base + offs_n[:, None].to(tl.int64) * stride_on + offs_d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=n_mask[:, None] & d_mask[None, :])
+        if BIAS_COLUMN:  # noqa: SIM102 (a compile-time test: without the column, no code at all)
+            if bh % H == H - 1:  # the last head's columns end where the bias's column begins
+                offs_p = tl.arange(0, PAD)
+                ones = tl.where(offs_p == 0, 1.0, 0.0)[None, :] + tl.zeros([BLOCK_N, PAD], dtype=tl.float32)
+                tl.store(o_base + HEAD_DIM + offs_n[:, None].to(tl.int64) * stride_on + offs_p[None, :],
+                         ones.to(o_ptr.dtype.element_ty), mask=n_mask[:, None])
 
 
 def linear_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-    splits: int | None = None, dot_precision: str = "tf32x3",
+    splits: int | None = None, dot_precision: str = "tf32x3", bias_column: bool = False,
 ) -> torch.Tensor:
     """Fused `linear_attention_reference`: q, k, v [B, N, H·d] with unit channel stride (any token
-    and batch strides) → a new [B, N, H·d] tensor in q's dtype.
+    and batch strides) → a new [B, N, H·d] tensor in q's dtype; with `bias_column`,
+    [B, N, H·d + BIAS_COLUMNS], each row's extra columns (1, 0, …, 0) (see the module's docstring).
 
     `splits` (how many slices of N) defaults to enough programs for ~8 per SM. `dot_precision` is
     Triton's for the fp32 q·(KᵀV) product: "tf32x3" (three tensor-core passes, fp32-accurate:
@@ -139,7 +152,12 @@ def linear_attention(
     or "ieee" (the FMA units: 0.39 ms, likewise).
     """
     if not use_triton(q):
-        return linear_attention_reference(q, k, v, heads)
+        out = linear_attention_reference(q, k, v, heads)
+        if not bias_column:
+            return out
+        ones = torch.zeros(*out.shape[:-1], BIAS_COLUMNS, dtype=out.dtype, device=out.device)
+        ones[..., 0] = 1
+        return torch.cat([out, ones], dim=-1)
     batch, tokens, channels = q.shape
     if channels % heads:
         raise ValueError(f"{channels} channels do not split into {heads} heads")
@@ -160,7 +178,7 @@ def linear_attention(
 
     kv = torch.empty(batch * heads, splits, block_d, block_d, dtype=torch.float32, device=q.device)
     ks = torch.empty(batch * heads, splits, block_d, dtype=torch.float32, device=q.device)
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    out = torch.empty(batch, tokens, channels + (BIAS_COLUMNS if bias_column else 0), dtype=q.dtype, device=q.device)
     grid = (batch * heads, splits)
     _kv_partial_kernel[grid](
         k, v, kv, ks, tokens, heads, chunk, splits,
@@ -172,6 +190,6 @@ def linear_attention(
         q, kv, ks, out, tokens, heads, chunk, splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=out_block_n, DOT_PRECISION=dot_precision,
-        num_warps=4, num_stages=4,
+        BIAS_COLUMN=bias_column, PAD=BIAS_COLUMNS, num_warps=4, num_stages=4,
     )
     return out

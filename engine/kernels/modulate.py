@@ -9,7 +9,8 @@ activations plus a small add for the rows; here each is one pass, the rows summe
 - `add_modulate`:    x += branch, then y as above from the new x     (cross-attention's residual)
 - `gated_residual`:  x + gate·branch, the branch optionally clamped to ±65504 (self-attention's)
 - `gated_weight`:    gate·W, a projection's weight rows scaled by the gate, where one gate row
-                     serves the whole batch: gate·(y Wᵀ) = y (gate·W)ᵀ (see `accelerate.Residual`)
+                     serves the whole batch: gate·(y Wᵀ) = y (gate·W)ᵀ (see `accelerate.Residual`);
+                     its bias, gated too, rides as one more column, its input a column of ones
 
 The DiT's final AdaLN (`OutputNorm`) is `modulate` too, with its own table's two rows (shift, scale).
 All arithmetic is fp32; values are rounded to the tensor dtype once, when stored. For a W8A8
@@ -31,6 +32,9 @@ from quant.kernels import inverse_scale, store_quantized
 from ._launch import multiprocessors, use_triton
 
 SHIFT_MSA, SCALE_MSA, GATE_MSA, SHIFT_MLP, SCALE_MLP, GATE_MLP = range(6)  # the table's rows
+# Columns a bias takes in a gated weight, and the ones its input brings (`linear_attention`'s
+# `bias_column`): the bias and seven zeros, so that 16-bit rows stay 16-byte aligned for cuBLAS.
+BIAS_COLUMNS = 8
 _FP16_MAX = tl.constexpr(FP16_MAX)
 
 
@@ -157,41 +161,56 @@ def _gated_residual_kernel(
     tl.store(out_ptr + offsets, (x + gate * branch).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def gated_weight_reference(weight: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int) -> torch.Tensor:
-    """weight [N, K] with row n times the gate's element n; modulation has one sample ([1, 6, N])."""
+def gated_weight_reference(
+    weight: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int, bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """weight [N, K] with row n times the gate's element n; modulation has one sample ([1, 6, N]).
+    With a bias [N]: [N, K + BIAS_COLUMNS], the gated bias in column K, zeros after it."""
     gate = table[gate_row].float() + modulation[0, gate_row].float()
+    if bias is not None:
+        pad = torch.zeros(weight.shape[0], BIAS_COLUMNS - 1, dtype=weight.dtype, device=weight.device)
+        weight = torch.cat([weight, bias[:, None].to(weight.dtype), pad], dim=1)
     return (weight.float() * gate[:, None]).to(weight.dtype)
 
 
 @triton.jit
-def _gated_weight_kernel(w_ptr, out_ptr, table_ptr, mod_ptr, N, K, gate_row, stride_tr, stride_mr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gated_weight_kernel(w_ptr, bias_ptr, out_ptr, table_ptr, mod_ptr, N, K, K_OUT, gate_row, stride_tr, stride_mr,
+                         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     row_mask = rows < N
-    mask = row_mask[:, None] & (cols < K)[None, :]
     gate = (tl.load(table_ptr + gate_row * stride_tr + rows, mask=row_mask, other=0.0).to(tl.float32)
             + tl.load(mod_ptr + gate_row * stride_mr + rows, mask=row_mask, other=0.0).to(tl.float32))
-    offsets = rows[:, None].to(tl.int64) * K + cols[None, :]
-    w = tl.load(w_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offsets, (w * gate[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+    w = tl.load(w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
+                mask=row_mask[:, None] & (cols < K)[None, :], other=0.0).to(tl.float32)
+    if HAS_BIAS:  # column K: the bias; the columns after it: zeros (the masked load's)
+        bias = tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+        w = tl.where((cols == K)[None, :], bias[:, None], w)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * K_OUT + cols[None, :], (w * gate[:, None]).to(out_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (cols < K_OUT)[None, :])
 
 
-def gated_weight(weight: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int) -> torch.Tensor:
+def gated_weight(
+    weight: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int, bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Fused `gated_weight_reference`, one pass (the gate's sum included) into a new tensor."""
     if modulation.shape[0] != 1:
         raise ValueError(f"one gate row for the whole batch is needed, got modulation {tuple(modulation.shape)}")
     if not use_triton(weight):
-        return gated_weight_reference(weight, table, modulation, gate_row)
+        return gated_weight_reference(weight, table, modulation, gate_row, bias)
     weight = weight.contiguous()
-    (n, k), out = weight.shape, torch.empty_like(weight)
+    n, k = weight.shape
     if table.dim() != 2 or table.shape[1] != n or modulation.shape[1:] != table.shape:
         raise ValueError(f"table {tuple(table.shape)} / modulation {tuple(modulation.shape)} do not fit weight {(n, k)}")
     if table.stride(-1) != 1 or modulation.stride(-1) != 1:
         raise ValueError("table and modulation need unit stride along N")
-    _gated_weight_kernel[(triton.cdiv(n, 16), triton.cdiv(k, 256))](
-        weight, out, table, modulation, n, k, gate_row, table.stride(0), modulation.stride(1),
-        BLOCK_N=16, BLOCK_K=256, num_warps=4,
+    if bias is not None and (bias.shape != (n,) or bias.stride(0) != 1):
+        raise ValueError(f"bias {tuple(bias.shape)} must be [{n}] with unit stride")
+    k_out = k + (BIAS_COLUMNS if bias is not None else 0)
+    out = torch.empty(n, k_out, dtype=weight.dtype, device=weight.device)
+    _gated_weight_kernel[(triton.cdiv(n, 16), triton.cdiv(k_out, 256))](
+        weight, weight if bias is None else bias, out, table, modulation, n, k, k_out, gate_row,
+        table.stride(0), modulation.stride(1), HAS_BIAS=bias is not None, BLOCK_N=16, BLOCK_K=256, num_warps=4,
     )
     return out
 

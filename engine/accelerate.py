@@ -337,13 +337,16 @@ class FastSanaBlock(nn.Module):
     def forward(
         self, x: Tensor, modulation: Tensor, keys_values: tuple[Tensor, Tensor], padding: TextPadding, h: int, w: int
     ) -> Tensor:
+        """As `SanaBlock.forward`, but x, the residual stream, is updated in place and returned:
+        `LinearDiT.denoise` hands each block a tensor that nothing else holds (x = block(x, …)).
+        A new tensor per branch cost a copy where cuBLAS adds into x (`torch.addmm` copies its
+        input first: 96 µs a block at 1.6B 4096² on an H100)."""
         ada = (self.scale_shift_table, modulation)
         x = x.contiguous()  # a no-op for what `LinearDiT` hands over; the kernels need it
         # In W8A8 the modulations hand their branch y already quantized per token
         y = modulate.modulate(x, *ada, modulate.SHIFT_MSA, modulate.SCALE_MSA, self.norm_eps,
                               quantize=self.attn1.takes_int8)
-        x = self.attn1(y, Residual(x, *ada, modulate.GATE_MSA, clamp=True))
-        # x is this block's own tensor from here on, so the residuals may update it in place
+        x = self.attn1(y, Residual(x, *ada, modulate.GATE_MSA, clamp=True, in_place=True))
         x, y = modulate.add_modulate(
             x, self.attn2(x, keys_values, padding), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps,
             quantize=self.ff.takes_int8,

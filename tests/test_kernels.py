@@ -61,6 +61,27 @@ def test_twins_on_cpu_compute_the_plain_dit_bit_for_bit(overrides):
         assert torch.equal(fused(*dit_inputs()), plain(*dit_inputs()))
 
 
+def test_fused_block_updates_the_residual_stream_in_place_with_the_reference_values():
+    """`FastSanaBlock` returns the very tensor it was handed, now holding what `SanaBlock`
+    returns (the DiT hands each block a tensor only it holds; a new one per branch cost a copy
+    before cuBLAS added into it)."""
+    from engine.accelerate import swap_in_twins
+
+    plain = tiny_dit()
+    fused = copy.deepcopy(plain)
+    swap_in_twins(fused)
+    latents, timestep, text, mask = dit_inputs()
+    with torch.inference_mode():
+        context = plain.encode_text(text, mask)
+        modulation, _ = plain.time_embed(timestep, torch.float32)
+        x = plain.patch_embed(latents)
+        want = plain.transformer_blocks[0](x.clone(), modulation, context.keys_values[0], context.padding, 5, 6)
+        stream = x.clone()
+        got = fused.transformer_blocks[0](stream, modulation, context.keys_values[0], context.padding, 5, 6)
+    assert got.data_ptr() == stream.data_ptr()
+    assert torch.equal(got, want) and not torch.equal(got, x)
+
+
 def test_twins_hold_the_same_parameters_under_the_same_names():
     from engine.accelerate import swap_in_twins
 

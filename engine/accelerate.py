@@ -265,7 +265,9 @@ def _pointwise(conv: nn.Module, x: Tensor | QuantizedTokens) -> Tensor:
 # Tokens per weight input from which a 16-bit projection takes its gate folded into the weight.
 # CFG step, H100, interleaved with the code before: at 1.6B 4096² (2 × 16384 tokens; Mix-FFN
 # projection 5.9 tokens an input, to_out 14.6) folding both gained 0.3% over folding the Mix-FFN's
-# alone; at 0.6B 1024² (to_out, 1.8 tokens an input) folding cost 3.5% (6.17 → 6.38 ms).
+# alone while the self-attention's residual still went out of place (torch.addmm copying x first),
+# 1.3% once in place (172.3 → 170.2 ms); at 0.6B 1024² (to_out, 1.8 tokens an input) folding cost
+# 3.5% (6.17 → 6.38 ms).
 FOLD_ROWS_PER_INPUT = 4
 
 

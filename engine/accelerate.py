@@ -94,9 +94,8 @@ class FastLinearSelfAttention(_AttentionTwin):
         q, k, v = self._project(x)
         q, k = self.norm_q(q), self.norm_k(k)
         if residual is None or not q.is_cuda:
-            mixed = linear_attention.linear_attention(q, k, v, self.heads)
-            out = self.to_out(mixed).clamp(-FP16_MAX, FP16_MAX)
-            return out if residual is None else residual.add(out)
+            out = self.to_out(linear_attention.linear_attention(q, k, v, self.heads))
+            return out.clamp(-FP16_MAX, FP16_MAX) if residual is None else residual.add(out)  # add clips
         projection, rows = self.to_out[0], q.shape[0] * q.shape[1]
         # where the gate folds into to_out's weight, its bias rides there too, on a ones column
         bias_column = projection.bias is not None and residual.folds(projection, rows)
@@ -273,21 +272,20 @@ FOLD_ROWS_PER_INPUT = 4
 
 @dataclass
 class Residual:
-    """Where a branch of a block lands: out = x + gate · branch (the branch first clipped to
-    ±65504 where `clamp`), the gate the AdaLN row `row` of table + modulation; `out` is x itself
-    where the block owns x, else a new tensor. x: [B, T, D], contiguous."""
+    """Where a branch of a block lands: x += gate · branch (the branch first clipped to ±65504
+    where `clamp`), the gate the AdaLN row `row` of table + modulation. x: [B, T, D], contiguous,
+    the block's residual stream, updated in place (see `FastSanaBlock.forward`)."""
 
     x: Tensor
     table: Tensor
     modulation: Tensor
     row: int
     clamp: bool = False
-    in_place: bool = False
 
     def add(self, branch: Tensor) -> Tensor:
         """The branch computed on its own, then one `gated_residual` pass."""
         return modulate.gated_residual(self.x, branch, self.table, self.modulation, self.row,
-                                       clamp=self.clamp, out=self.x if self.in_place else None)
+                                       clamp=self.clamp, out=self.x)
 
     def folds(self, layer: nn.Module, rows: int) -> bool:
         """Whether `project` folds the gate into the 16-bit weight of `layer` for `rows` tokens:
@@ -314,16 +312,14 @@ class Residual:
         if getattr(layer, "int8", False):
             # the gate as the table row plus each sample's modulation row, both read where they lie
             gate = GatedResidual(self.x.view(rows, -1), self.modulation[:, self.row], self.clamp, self.table[self.row])
-            out = self.x if self.in_place else torch.empty_like(self.x)
-            layer.gemm(*quantize_tokens(tokens), residual=gate, out=out.view(rows, -1))
-            return out
+            layer.gemm(*quantize_tokens(tokens), residual=gate, out=self.x.view(rows, -1))
+            return self.x
         weight = layer.weight.flatten(1)
         bias_columns = 0 if layer.bias is None else modulate.BIAS_COLUMNS
         if self.folds(layer, rows) and tokens.shape[1] == weight.shape[1] + bias_columns:
             gated = modulate.gated_weight(weight, self.table, self.modulation, self.row, layer.bias)
-            x = self.x.view(rows, -1)
-            out = x.addmm_(tokens, gated.t()) if self.in_place else torch.addmm(x, tokens, gated.t())
-            return out.view(self.x.shape)
+            self.x.view(rows, -1).addmm_(tokens, gated.t())
+            return self.x
         return self.add(F.linear(tokens, weight, layer.bias).view(self.x.shape))
 
 
@@ -348,7 +344,7 @@ class FastSanaBlock(nn.Module):
         # In W8A8 the modulations hand their branch y already quantized per token
         y = modulate.modulate(x, *ada, modulate.SHIFT_MSA, modulate.SCALE_MSA, self.norm_eps,
                               quantize=self.attn1.takes_int8)
-        x = self.attn1(y, Residual(x, *ada, modulate.GATE_MSA, clamp=True, in_place=True))
+        x = self.attn1(y, Residual(x, *ada, modulate.GATE_MSA, clamp=True))
         x, y = modulate.add_modulate(
             x, self.attn2(x, keys_values, padding), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps,
             quantize=self.ff.takes_int8,
@@ -357,7 +353,7 @@ class FastSanaBlock(nn.Module):
             y = QuantizedTokens(y.values.unflatten(1, (h, w)), y.scale)
         else:
             y = y.unflatten(1, (h, w)).permute(0, 3, 1, 2)
-        return self.ff(y, Residual(x, *ada, modulate.GATE_MLP, in_place=True))
+        return self.ff(y, Residual(x, *ada, modulate.GATE_MLP))
 
 
 class FastOutputNorm(nn.Module):

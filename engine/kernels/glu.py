@@ -11,22 +11,26 @@ columns the strip touches (1.5 times per element, where tiles shifted left, cent
 3) and added into the three output rows it touches: the one it completes, which is stored, the one
 below, and the one after that. Zero padding comes from masked loads, since SiLU(0) = 0.
 
-The kernel is bound by arithmetic more than by memory, and SiLU is most of it. So SiLU has,
-besides the EXACT x / (1 + exp(−x)) that torch computes, a TANH form through the GPU's
-tanh.approx, x/2 + x/2·tanh(x/2): one special-function op instead of two, its error (≤ 2⁻¹⁰·⁷
-relative in tanh) under the fp16 rounding of the stored result. 16-bit tensors use it; fp32 ones
-get the exact form. H100, 1.6B at 4096²: 0.58 ms a call, against 0.77 ms for the shifted-tile
-kernel this replaced and ~0.35 ms to move the bytes.
+SiLU is most of the arithmetic. So SiLU has, besides the EXACT x / (1 + exp(−x)) that torch
+computes, a TANH form through the GPU's tanh.approx, x/2 + x/2·tanh(x/2): one special-function op
+instead of two, its error (≤ 2⁻¹⁰·⁷ relative in tanh) under the fp16 rounding of the stored
+result. 16-bit tensors use it; fp32 ones get the exact form. Each row's loads go out a row ahead,
+before the arithmetic of the row above, so that their latency hides behind it. H100, 1.6B at
+4096²: 0.50 ms a call, against 0.58 ms loading and computing each row in turn, 0.77 ms for the
+shifted-tile kernel before that and ~0.37 ms to move the bytes. (SiLU in fp16 pairs,
+tanh.approx.f16x2, measured slower with the loads ahead: 0.53 ms.)
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import INTERPRET, use_triton
+from ._launch import INTERPRET, multiprocessors, use_triton
 
 
 def conv_glu_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -55,23 +59,24 @@ def _silu(x, SILU: tl.constexpr):
 
 
 @triton.jit
-def _pixel(base, y, x, chans, c_mask, height, width, stride_y, stride_x, stride_c, SILU: tl.constexpr):
-    """SiLU of one pixel's BLOCK_C channels, in fp32; zero outside the image."""
+def _raw(base, y, x, chans, c_mask, height, width, stride_y, stride_x, stride_c):
+    """One pixel's BLOCK_C channels as stored; zero outside the image."""
     ys = chans * 0 + y  # the tests as vectors: the interpreter rejects scalar & vector masks
     xs = chans * 0 + x
     inside = c_mask & (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
-    return _silu(tl.load(base + y * stride_y + x * stride_x + chans * stride_c, mask=inside, other=0.0), SILU)
+    return tl.load(base + y * stride_y + x * stride_x + chans * stride_c, mask=inside, other=0.0)
 
 
 @triton.jit
-def _row(base, y, x0, chans, c_mask, height, width, stride_y, stride_x, stride_c, SILU: tl.constexpr):
-    """Input row y at the six columns x0 − 1 … x0 + 4 that the strip's four outputs read."""
-    return (_pixel(base, y, x0 - 1, chans, c_mask, height, width, stride_y, stride_x, stride_c, SILU),
-            _pixel(base, y, x0, chans, c_mask, height, width, stride_y, stride_x, stride_c, SILU),
-            _pixel(base, y, x0 + 1, chans, c_mask, height, width, stride_y, stride_x, stride_c, SILU),
-            _pixel(base, y, x0 + 2, chans, c_mask, height, width, stride_y, stride_x, stride_c, SILU),
-            _pixel(base, y, x0 + 3, chans, c_mask, height, width, stride_y, stride_x, stride_c, SILU),
-            _pixel(base, y, x0 + 4, chans, c_mask, height, width, stride_y, stride_x, stride_c, SILU))
+def _row(base, y, x0, chans, c_mask, height, width, stride_y, stride_x, stride_c):
+    """Input row y at the six columns x0 − 1 … x0 + 4 that the strip's four outputs read, as
+    stored (SiLU comes a row later: see the kernel's loop)."""
+    return (_raw(base, y, x0 - 1, chans, c_mask, height, width, stride_y, stride_x, stride_c),
+            _raw(base, y, x0, chans, c_mask, height, width, stride_y, stride_x, stride_c),
+            _raw(base, y, x0 + 1, chans, c_mask, height, width, stride_y, stride_x, stride_c),
+            _raw(base, y, x0 + 2, chans, c_mask, height, width, stride_y, stride_x, stride_c),
+            _raw(base, y, x0 + 3, chans, c_mask, height, width, stride_y, stride_x, stride_c),
+            _raw(base, y, x0 + 4, chans, c_mask, height, width, stride_y, stride_x, stride_c))
 
 
 @triton.jit
@@ -139,9 +144,17 @@ def _conv_glu_kernel(
     dv0, dv1, dv2, dv3, dg0, dg1, dg2, dg3 = zero, zero, zero, zero, zero, zero, zero, zero
     nv0, nv1, nv2, nv3, ng0, ng1, ng2, ng3 = zero, zero, zero, zero, zero, zero, zero, zero
     o_base = o_ptr + b * stride_ob + chans * stride_oc
+    # Each row's loads go out a step ahead (see the module's docstring); the last step's fall one
+    # row below the strip, masked at the image's edge.
+    p0, p1, p2, p3, p4, p5 = _row(v_base, y0 - 1, x0, chans, c_mask, height, width, stride_hy, stride_hx, stride_hc)
+    r0, r1, r2, r3, r4, r5 = _row(g_base, y0 - 1, x0, chans, c_mask, height, width, stride_hy, stride_hx, stride_hc)
     for y in range(y0 - 1, tl.minimum(y0 + TILE_Y, height) + 1):
-        a0, a1, a2, a3, a4, a5 = _row(v_base, y, x0, chans, c_mask, height, width, stride_hy, stride_hx, stride_hc, SILU)
-        e0, e1, e2, e3, e4, e5 = _row(g_base, y, x0, chans, c_mask, height, width, stride_hy, stride_hx, stride_hc, SILU)
+        n0, n1, n2, n3, n4, n5 = _row(v_base, y + 1, x0, chans, c_mask, height, width, stride_hy, stride_hx, stride_hc)
+        m0, m1, m2, m3, m4, m5 = _row(g_base, y + 1, x0, chans, c_mask, height, width, stride_hy, stride_hx, stride_hc)
+        a0, a1, a2, a3, a4, a5 = _silu(p0, SILU), _silu(p1, SILU), _silu(p2, SILU), _silu(p3, SILU), _silu(p4, SILU), _silu(p5, SILU)
+        e0, e1, e2, e3, e4, e5 = _silu(r0, SILU), _silu(r1, SILU), _silu(r2, SILU), _silu(r3, SILU), _silu(r4, SILU), _silu(r5, SILU)
+        p0, p1, p2, p3, p4, p5 = n0, n1, n2, n3, n4, n5
+        r0, r1, r2, r3, r4, r5 = m0, m1, m2, m3, m4, m5
         t0, t1, t2, t3 = _apply(v20, v21, v22, a0, a1, a2, a3, a4, a5)
         u0, u1, u2, u3 = _apply(g20, g21, g22, e0, e1, e2, e3, e4, e5)
         row = o_base + (y - 1) * stride_oy  # complete now
@@ -158,10 +171,11 @@ def _conv_glu_kernel(
         ng0, ng1, ng2, ng3 = _apply(g00, g01, g02, e0, e1, e2, e3, e4, e5)
 
 
-# (TILE_Y, BLOCK_C, num_warps): one setting for the published shapes, measured on an H100 against
-# the best of 54 per shape: 0.590 ms (best 0.583) for 1.6B at 4096², 0.054 (0.051) for 1.6B and
-# 0.028 (0.027) for 0.6B at 1024².
-TILE = (16, 256, 4)
+# (TILE_Y, BLOCK_C, num_warps), H100, CUDA-graph timing, loads a row ahead: the tallest strip that
+# still gives every SM two programs. 1.6B at 4096² 0.500 ms (16 rows: 0.511; best of 8 settings
+# 0.498), 1.6B at 1024² 0.038 (16 rows: 0.046, 352 programs against 704), 0.6B at 1024² 16 rows,
+# 0.021 (32 rows leave 192 programs for 132 SMs: 0.026).
+TILES = ((32, 256, 4), (16, 256, 4))
 
 
 def conv_glu(
@@ -182,10 +196,17 @@ def conv_glu(
     channels = channels2 // 2
     out = torch.empty(batch, channels, height, width, dtype=hidden.dtype, device=hidden.device,
                       memory_format=torch.channels_last)
-    tile_y, block_c, warps = tile or ((4, 16, 1) if INTERPRET else TILE)
     if silu is None:
         silu = EXACT if hidden.dtype == torch.float32 else TANH
-    grid = (triton.cdiv(channels, block_c), triton.cdiv(width, STRIP) * triton.cdiv(height, tile_y), batch)
+
+    def grid_of(tile_y: int, block_c: int) -> tuple[int, int, int]:
+        return triton.cdiv(channels, block_c), triton.cdiv(width, STRIP) * triton.cdiv(height, tile_y), batch
+
+    if tile is None:
+        tiles = ((4, 16, 1),) if INTERPRET else TILES
+        tile = next((t for t in tiles if math.prod(grid_of(*t[:2])) >= 2 * multiprocessors(hidden)), tiles[-1])
+    tile_y, block_c, warps = tile
+    grid = grid_of(tile_y, block_c)
     _conv_glu_kernel[grid](
         hidden, weight, weight if bias is None else bias, out,
         channels, height, width, weight.stride(0), weight.stride(2), weight.stride(3),

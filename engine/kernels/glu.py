@@ -145,7 +145,7 @@ def _conv_glu_kernel(
     nv0, nv1, nv2, nv3, ng0, ng1, ng2, ng3 = zero, zero, zero, zero, zero, zero, zero, zero
     o_base = o_ptr + b * stride_ob + chans * stride_oc
     # Each row's loads go out a step ahead (see the module's docstring); the last step's fall one
-    # row below the strip, masked at the image's edge.
+    # row past the last the strip reads (masked at the image's edge, else unused).
     p0, p1, p2, p3, p4, p5 = _row(v_base, y0 - 1, x0, chans, c_mask, height, width, stride_hy, stride_hx, stride_hc)
     r0, r1, r2, r3, r4, r5 = _row(g_base, y0 - 1, x0, chans, c_mask, height, width, stride_hy, stride_hx, stride_hc)
     for y in range(y0 - 1, tl.minimum(y0 + TILE_Y, height) + 1):

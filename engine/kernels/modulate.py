@@ -91,6 +91,12 @@ def _normalized(x_ptr, branch_ptr, offsets, mask, D, eps, HAS_BRANCH: tl.constex
         total = (x + tl.load(branch_ptr + offsets, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
         tl.store(x_ptr + offsets, total, mask=mask)
         x = total.to(tl.float32)  # normalise the stored sum, as the reference does
+    return _layer_norm(x, mask, D, eps)
+
+
+@triton.jit
+def _layer_norm(x, mask, D, eps):
+    """fp32 rows → LayerNorm without affine; `mask` marks the row's real columns."""
     mean = tl.sum(x, axis=1) / D
     centred = tl.where(mask, x - mean[:, None], 0.0)
     return centred * tl.math.rsqrt(tl.sum(centred * centred, axis=1) / D + eps)[:, None]
@@ -132,12 +138,26 @@ def _modulate_int8_kernel(
     sample = tl.zeros([1], dtype=tl.int32) + first // T
     shift = _ada_row(table_ptr, mod_ptr, sample, shift_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
     scale = _ada_row(table_ptr, mod_ptr, sample, scale_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
+    # Without a branch, each row's load goes out a row ahead, before the reductions of the row
+    # above (masked off past the program's last row).
+    end = tl.minimum(M, first + ROWS)
+    ahead = tl.zeros([1, BLOCK_D], dtype=x_ptr.dtype.element_ty)
+    if not HAS_BRANCH:
+        start = first + tl.zeros([1], dtype=tl.int32)
+        ahead = tl.load(x_ptr + start[:, None].to(tl.int64) * D + cols[None, :],
+                        mask=(start < end)[:, None] & col_mask[None, :], other=0.0)
     for i in range(ROWS):
         row = first + i + tl.zeros([1], dtype=tl.int32)
         row_mask = row < M
         mask = row_mask[:, None] & col_mask[None, :]
         offsets = row[:, None].to(tl.int64) * D + cols[None, :]
-        y = _normalized(x_ptr, branch_ptr, offsets, mask, D, eps, HAS_BRANCH) * (1 + scale) + shift
+        if HAS_BRANCH:
+            normalized = _normalized(x_ptr, branch_ptr, offsets, mask, D, eps, HAS_BRANCH)
+        else:
+            x = ahead.to(tl.float32)
+            ahead = tl.load(x_ptr + offsets + D, mask=(row + 1 < end)[:, None] & col_mask[None, :], other=0.0)
+            normalized = _layer_norm(x, mask, D, eps)
+        y = normalized * (1 + scale) + shift
         y = y.to(x_ptr.dtype.element_ty).to(tl.float32)  # the 16-bit y a separate pass would read
         inv = inverse_scale(tl.max(tl.abs(y), axis=1), s_ptr, row, row_mask)
         store_quantized(y, inv, q_ptr, row, cols, row_mask, D)

@@ -324,7 +324,7 @@ def _set_descriptor_blocks(nargs: dict) -> None:
     nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
     nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
     if nargs["c_desc"] is not None:
-        nargs["c_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"] // (2 if nargs["SUBTILE"] else 1)]
+        nargs["c_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"] // nargs["SUBTILE"]]
         if nargs["r_desc"] is not None:
             nargs["r_desc"].block_shape = nargs["c_desc"].block_shape
 
@@ -332,37 +332,40 @@ def _set_descriptor_blocks(nargs: dict) -> None:
 def _tma_configs() -> list[triton.Config]:
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "FLATTEN": False,
-                               "WARP_SPECIALIZE": False, "SUBTILE": True}, num_warps=4,
+                               "WARP_SPECIALIZE": False, "SUBTILE": 4}, num_warps=4,
                               pre_hook=_set_descriptor_blocks)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "FLATTEN": flatten,
-                       "WARP_SPECIALIZE": ws, "SUBTILE": subtile},
+                       "WARP_SPECIALIZE": ws, "SUBTILE": pieces},
                       num_stages=st, num_warps=w, pre_hook=_set_descriptor_blocks)
-        for bm, bn, bk, st, w, flatten, ws, subtile in TMA_TILES
+        for bm, bn, bk, st, w, flatten, ws, pieces in TMA_TILES
     ]
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps, flatten, warp-specialize, subtile): the configs that
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps, flatten, warp-specialize, pieces): the configs that
 # won at least one of the DiT's GEMM shapes on an H100 (CUDA-graph timing; BLOCK_K = 256 in two
 # stages, 64 in four, and 128 × 128 tiles in eight warps won none). Flattening the tile and K loops
-# lets the next tile's loads start during this one's epilogue. `subtile` stores the epilogue in two
-# halves, so its staging buffer takes half the shared memory. 128 × 256 flattened (the last two)
+# lets the next tile's loads start during this one's epilogue. `pieces` (SUBTILE) stores the epilogue
+# in that many column slices, so its staging buffer takes that fraction of the shared memory. 128 × 256 flattened (the last two)
 # won the 1.6B 4096² projections onto the residual stream: 32768 × 5600 → 2240 697 µs (765 with
 # the residual epilogue) against 729 (789) for the best above, 2240 → 2240 303 (372) against 311 (380).
 # Four stages of 256 × 128 (the first) fit beside the plain epilogue only (224 of the 227 KB; the
 # autotuner skips it where it does not fit) and won the fused q, k, v projection: 32768 × 2240 →
-# 6720 869 µs against 917 for the best of the rest.
+# 6720 869 µs against 917 for the best of the rest. In four pieces (the second) they fit beside the
+# residual epilogue too, and won the Mix-FFN's projection: 32768 × 5600 → 2240, 735 µs against 767
+# (under a second of back-to-back calls, where the 700 W limit holds the clock down, both ~820).
 TMA_TILES = [
-    (256, 128, 128, 4, 8, True, False, True),
-    (256, 128, 128, 3, 8, True, True, True),
-    (256, 128, 128, 3, 8, True, False, True),
-    (256, 128, 128, 3, 8, False, False, True),
-    (256, 128, 128, 3, 8, False, False, False),
-    (128, 256, 128, 3, 8, False, False, True),
-    (128, 128, 128, 4, 4, True, False, True),
-    (64, 256, 128, 4, 4, True, False, True),
-    (128, 256, 128, 3, 8, True, True, True),
-    (128, 256, 128, 3, 8, True, False, True),
+    (256, 128, 128, 4, 8, True, False, 2),
+    (256, 128, 128, 4, 8, True, False, 4),
+    (256, 128, 128, 3, 8, True, True, 2),
+    (256, 128, 128, 3, 8, True, False, 2),
+    (256, 128, 128, 3, 8, False, False, 2),
+    (256, 128, 128, 3, 8, False, False, 1),
+    (128, 256, 128, 3, 8, False, False, 2),
+    (128, 128, 128, 4, 4, True, False, 2),
+    (64, 256, 128, 4, 4, True, False, 2),
+    (128, 256, 128, 3, 8, True, True, 2),
+    (128, 256, 128, 3, 8, True, False, 2),
 ]
 
 
@@ -372,6 +375,45 @@ def _tile_position(tile, num_m, num_n, GROUP_M: tl.constexpr):
     first_m = (tile // group) * GROUP_M
     group_m = min(num_m - first_m, GROUP_M)
     return first_m + (tile % group) % group_m, (tile % group) // group_m
+
+
+@triton.jit
+def _halves(tile):
+    """A [rows, n] tile as its left and right [rows, n/2] halves."""
+    rows: tl.constexpr = tile.shape[0]
+    width: tl.constexpr = tile.shape[1]
+    return tl.split(tl.permute(tl.reshape(tile, (rows, 2, width // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _finish_through(c_desc, piece, col, a_scale, off_m, offs_m, M, N, w_scale_ptr, bias_ptr, r_desc, stride_rm,
+                    gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    RESIDUAL: tl.constexpr, HAS_BASE: tl.constexpr, CLAMP: tl.constexpr, R_TMA: tl.constexpr):
+    """`_finish` a piece of the tile (its columns col …) and store it through the TMA."""
+    offs_n = col + tl.arange(0, piece.shape[1])
+    c_desc.store([off_m, col], _finish(piece, a_scale, off_m, offs_m, col, offs_n, M, N, w_scale_ptr, bias_ptr, r_desc,
+                                       stride_rm, gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS,
+                                       RESIDUAL, HAS_BASE, CLAMP, R_TMA))
+
+
+@triton.jit
+def _finish_pieces(c_desc, half, col, a_scale, off_m, offs_m, M, N, w_scale_ptr, bias_ptr, r_desc, stride_rm,
+                   gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   RESIDUAL: tl.constexpr, HAS_BASE: tl.constexpr, CLAMP: tl.constexpr, R_TMA: tl.constexpr,
+                   PIECES: tl.constexpr):
+    """`_finish_through` half of a tile, whole (PIECES 1) or as its two halves (PIECES 2)."""
+    if PIECES == 1:
+        _finish_through(c_desc, half, col, a_scale, off_m, offs_m, M, N, w_scale_ptr, bias_ptr, r_desc, stride_rm,
+                        gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL, HAS_BASE, CLAMP,
+                        R_TMA)
+    else:
+        first, second = _halves(half)
+        _finish_through(c_desc, first, col, a_scale, off_m, offs_m, M, N, w_scale_ptr, bias_ptr, r_desc, stride_rm,
+                        gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL, HAS_BASE, CLAMP,
+                        R_TMA)
+        _finish_through(c_desc, second, col + half.shape[1] // 2, a_scale, off_m, offs_m, M, N, w_scale_ptr, bias_ptr,
+                        r_desc, stride_rm, gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL,
+                        HAS_BASE, CLAMP, R_TMA)
 
 
 # Keyed on the epilogue too: the residual one holds more registers, and may want another tile.
@@ -400,25 +442,23 @@ def _int8_gemm_tma_kernel(
             acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
         if TMA_STORE:
             # The tile leaves through shared memory and the TMA, which clips the edges, so the
-            # next tile's MMAs start while it is written; in halves, to halve the staging buffer.
+            # next tile's MMAs start while it is written; in SUBTILE pieces, each staged in turn.
             offs_m = off_m + tl.arange(0, BLOCK_M)
             a_scale = tl.load(a_scale_ptr + offs_m, mask=offs_m < M, other=0.0).to(tl.float32)
             dtype: tl.constexpr = c_ptr.dtype.element_ty
-            if SUBTILE:
-                left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-                offs_n = off_n + tl.arange(0, BLOCK_N // 2)
-                c_desc.store([off_m, off_n], _finish(
-                    left, a_scale, off_m, offs_m, off_n, offs_n, M, N, w_scale_ptr, bias_ptr, r_desc, stride_rm,
-                    gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL, HAS_BASE, CLAMP, R_TMA))
-                c_desc.store([off_m, off_n + BLOCK_N // 2], _finish(
-                    right, a_scale, off_m, offs_m, off_n + BLOCK_N // 2, offs_n + BLOCK_N // 2, M, N, w_scale_ptr,
-                    bias_ptr, r_desc, stride_rm, gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS,
-                    RESIDUAL, HAS_BASE, CLAMP, R_TMA))
+            if SUBTILE == 1:
+                _finish_through(c_desc, acc, off_n, a_scale, off_m, offs_m, M, N, w_scale_ptr, bias_ptr, r_desc,
+                                stride_rm, gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL,
+                                HAS_BASE, CLAMP, R_TMA)
             else:
-                offs_n = off_n + tl.arange(0, BLOCK_N)
-                c_desc.store([off_m, off_n], _finish(
-                    acc, a_scale, off_m, offs_m, off_n, offs_n, M, N, w_scale_ptr, bias_ptr, r_desc, stride_rm,
-                    gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL, HAS_BASE, CLAMP, R_TMA))
+                left, right = _halves(acc)
+                halves_pieces: tl.constexpr = SUBTILE // 2
+                _finish_pieces(c_desc, left, off_n, a_scale, off_m, offs_m, M, N, w_scale_ptr, bias_ptr, r_desc,
+                               stride_rm, gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS, RESIDUAL,
+                               HAS_BASE, CLAMP, R_TMA, halves_pieces)
+                _finish_pieces(c_desc, right, off_n + BLOCK_N // 2, a_scale, off_m, offs_m, M, N, w_scale_ptr, bias_ptr,
+                               r_desc, stride_rm, gate_ptr, stride_gate, base_ptr, rows_per_gate, dtype, HAS_BIAS,
+                               RESIDUAL, HAS_BASE, CLAMP, R_TMA, halves_pieces)
         else:
             _store_tile(acc, off_m, off_m + tl.arange(0, BLOCK_M), off_n, off_n + tl.arange(0, BLOCK_N), M, N,
                         c_ptr, stride_cm, 1, a_scale_ptr, w_scale_ptr, bias_ptr,

@@ -345,10 +345,11 @@ def _tma_configs() -> list[triton.Config]:
 # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps, flatten, warp-specialize, pieces): the configs that
 # won at least one of the DiT's GEMM shapes on an H100 (CUDA-graph timing; BLOCK_K = 256 in two
 # stages, 64 in four, and 128 × 128 tiles in eight warps won none). Flattening the tile and K loops
-# lets the next tile's loads start during this one's epilogue. `pieces` (SUBTILE) stores the epilogue
-# in that many column slices, so its staging buffer takes that fraction of the shared memory. 128 × 256 flattened (the last two)
-# won the 1.6B 4096² projections onto the residual stream: 32768 × 5600 → 2240 697 µs (765 with
-# the residual epilogue) against 729 (789) for the best above, 2240 → 2240 303 (372) against 311 (380).
+# lets the next tile's loads start during this one's epilogue. `pieces` (SUBTILE) stores the
+# epilogue in that many column slices, so its staging buffer takes that fraction of the shared
+# memory. 128 × 256 flattened (the last two) won the 1.6B 4096² projections onto the residual
+# stream: 32768 × 5600 → 2240 697 µs (765 with the residual epilogue) against 729 (789) for the
+# best above, 2240 → 2240 303 (372) against 311 (380).
 # Four stages of 256 × 128 (the first) fit beside the plain epilogue only (224 of the 227 KB; the
 # autotuner skips it where it does not fit) and won the fused q, k, v projection: 32768 × 2240 →
 # 6720 869 µs against 917 for the best of the rest. In four pieces (the second) they fit beside the

@@ -11,7 +11,11 @@ tensors. For each model × image size × precision it measures
   encode    Gemma-2-2B (transformers, shared by both) on 2 prompts × 300 tokens
   pipeline  prompt → PIL image: our Generator, diffusers' SanaPipeline
 
-Times are CUDA events around each call after a warm-up, the median of the repeats. Memory is the
+Times are CUDA events around each call after a warm-up, the median of the repeats. On a GPU each
+timed `dit` call follows --settle-seconds of idle, so that every precision's step starts from the
+same power state (at 4096² the 1.6B keeps an H100 at its 700 W cap: a step timed right after
+another row's 20-step loop runs at a lower clock, and which precision's row came after which
+decided its ratio). Memory is the
 weights a stage holds plus the most it allocated on top of what was already there
 (torch.cuda.max_memory_allocated after a reset), so models parked on the GPU for other rows don't
 count; "≤16 GiB" checks that against the laptop budget. Our fused kernels (engine.accelerate) and
@@ -121,6 +125,7 @@ class Setup:
     repeats: int
     max_seconds: float  # fewer repeats where one run is long
     decode_tile: int | None  # the tiled decode's tile in latent pixels (None: decode_auto's choice)
+    settle_seconds: float = 0.0  # idle before each timed DiT step on a GPU (see the module's docstring)
 
     @property
     def cuda(self) -> bool:
@@ -164,10 +169,11 @@ def resident_bytes(*modules: nn.Module | None, device_type: str | None = None) -
     return total
 
 
-def measure(setup: Setup, fn: Callable[[], Any], holds: tuple[nn.Module | None, ...]) -> Measurement:
-    """Warm up, then time `fn` (median); peak = the most allocated at any moment, warm-up included
-    (CUDA graphs and autotuners allocate there), less what other rows' models hold on the GPU: the
-    weights of `holds` count while they are on the GPU, and only then (an offloaded text encoder)."""
+def measure(setup: Setup, fn: Callable[[], Any], holds: tuple[nn.Module | None, ...], settle: float = 0.0) -> Measurement:
+    """Warm up, then time `fn` (median), each timed call `settle` seconds after the last; peak = the
+    most allocated at any moment, warm-up included (CUDA graphs and autotuners allocate there), less
+    what other rows' models hold on the GPU: the weights of `holds` count while they are on the GPU,
+    and only then (an offloaded text encoder)."""
     _free()
     if setup.cuda:
         torch.cuda.synchronize()
@@ -182,6 +188,7 @@ def measure(setup: Setup, fn: Callable[[], Any], holds: tuple[nn.Module | None, 
     times, output = [], None
     for _ in range(repeats):
         output = None  # the last run's output is freed before the next one allocates its own
+        time.sleep(settle)
         ms, output = _timed(setup, fn)
         times.append(ms)
     peak = None
@@ -219,11 +226,19 @@ def row(stage: str, model: str, size: int, precision: str, impl: str, variant: s
                 ms=None, peak_gib=None, fits_16gib=None, speedup_vs_diffusers=None, psnr_db=None, note=note)
 
 
+def settle_before(setup: Setup, stage: str) -> float:
+    """Seconds of idle before each timed call of a row: --settle-seconds for a DiT step on a GPU
+    (a single step, measured from the power state it would start from), none otherwise (a loop's
+    own steps heat the GPU as they would in use; a CPU has no power cap to wait for)."""
+    return setup.settle_seconds if setup.cuda and stage == "dit" else 0.0
+
+
 def run_row(setup: Setup, entry: dict, fn: Callable[[], Any], holds: tuple) -> Any:
-    """Fill `entry` with the measurement of `fn`; a failure becomes the row's note, not the run's end."""
+    """Fill `entry` with the measurement of `fn`; a failure becomes the row's note, not the run's end.
+    A DiT step on a GPU is timed from idle (`settle_before`)."""
     try:
         with torch.inference_mode():
-            result = measure(setup, fn, holds)
+            result = measure(setup, fn, holds, settle_before(setup, entry["stage"]))
     except torch.OutOfMemoryError:
         entry["note"] = "out of memory"
         _free()
@@ -664,6 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seconds", type=float, default=15.0, help="fewer repeats where runs are long")
     parser.add_argument("--decode-tile", type=int, default=None,
                         help="tile side of the tiled decode, latent pixels (default: from free memory; --tiny: 1)")
+    parser.add_argument("--settle-seconds", type=float, default=1.0,
+                        help="idle before each timed DiT step on a GPU, so every step starts from the same power state")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--no-reference", action="store_true", help="skip diffusers even where it is installed")
     parser.add_argument("--tiny", action="store_true", help="tiny random models: a smoke test that runs on a CPU")
@@ -690,8 +707,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         has_reference = False
     decode_tile = args.decode_tile if args.decode_tile is not None else (1 if args.tiny else None)
+    if args.settle_seconds < 0:
+        parser.error(f"--settle-seconds must be 0 or more, got {args.settle_seconds}")
     setup = Setup(device, args.tiny, has_reference, tuple(_split(args.impls)), args.steps, args.warmup,
-                  args.repeats, args.max_seconds, decode_tile)
+                  args.repeats, args.max_seconds, decode_tile, args.settle_seconds)
     sizes = [int(s) for s in _split(args.sizes or ("64,128" if args.tiny else "1024,4096"))]
     models = _split(args.models or ("tiny" if args.tiny else "0.6B,1.6B"))
     float_precision = setup.float_precision

@@ -63,3 +63,25 @@ def test_unknown_stage_is_refused():
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--tiny", "--only", "dit,training"])
     assert exit_info.value.code == 2
+
+
+def test_dit_steps_on_a_gpu_are_timed_from_idle_and_nothing_else_waits(monkeypatch):
+    import torch
+
+    def setup(device: str) -> bench.Setup:
+        return bench.Setup(torch.device(device), True, False, ("ours",), 2, 0, 3, 15.0, None, settle_seconds=0.75)
+
+    assert bench.settle_before(setup("cuda"), "dit") == 0.75
+    assert bench.settle_before(setup("cuda"), "sample") == 0.0
+    assert bench.settle_before(setup("cpu"), "dit") == 0.0
+    slept = []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    calls = []
+    bench.measure(setup("cpu"), lambda: calls.append(len(slept)), (), settle=0.75)
+    assert slept == [0.75] * 3 and calls == [1, 2, 3]  # each timed call right after its pause
+
+
+def test_negative_settle_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--device", "cpu", "--settle-seconds", "-1"])
+    assert "--settle-seconds must be 0 or more" in capsys.readouterr().err

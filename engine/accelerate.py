@@ -231,8 +231,11 @@ class FastMixFFN(nn.Module):
         """As `MixFFN.forward`: x NCHW (`QuantizedTokens` of shape [B, h, w, C] where
         `takes_int8`); with a `residual` ([B, h·w, C] tokens), what lands in the residual stream
         behind it instead (x + gate · the output, as tokens)."""
-        hidden = _pointwise(self.conv_inverted, x)
-        mixed = glu.conv_glu(hidden, self.conv_depth.weight, self.conv_depth.bias)
+        # where the expansion runs as a 16-bit cuBLAS GEMM, conv_glu adds its bias (glu's docstring)
+        defer = _runs_as_float_gemm(self.conv_inverted, x) and self.conv_inverted.bias is not None
+        hidden = _pointwise(self.conv_inverted, x, with_bias=not defer)
+        mixed = glu.conv_glu(hidden, self.conv_depth.weight, self.conv_depth.bias,
+                             self.conv_inverted.bias if defer else None)
         if residual is None or not mixed.is_cuda:
             out = _pointwise(self.conv_point, mixed)
             return out if residual is None else residual.add(out.flatten(2).transpose(1, 2))
@@ -240,24 +243,30 @@ class FastMixFFN(nn.Module):
         return residual.project(self.conv_point, mixed.permute(0, 2, 3, 1).reshape(-1, mixed.shape[1]))
 
 
-def _pointwise(conv: nn.Module, x: Tensor | QuantizedTokens) -> Tensor:
+def _runs_as_float_gemm(conv: nn.Module, x: Tensor | QuantizedTokens) -> bool:
+    """Whether `_pointwise` runs `conv` as a 16-bit cuBLAS GEMM of its own (so `with_bias` counts)."""
+    return isinstance(x, Tensor) and x.is_cuda and not getattr(conv, "int8", False)
+
+
+def _pointwise(conv: nn.Module, x: Tensor | QuantizedTokens, with_bias: bool = True) -> Tensor:
     """A 1×1 conv of NCHW x. A plain nn.Conv2d runs as the GEMM it is, over the tokens of x's
     channels-last memory: cuBLAS took 2.65 ms where cuDNN's 1×1 conv took 3.46 ms for the 1.6B
     expansion at 4096² (H100). The tokens go in as one 2-D matrix, so the bias is added in the
-    GEMM's epilogue (cuDNN's 1×1 conv added it in a separate pass: 1 ms a block at 4096²). A
-    W8A8 layer switched to float runs the same way; switched to INT8 it runs itself, as does
-    anything on the CPU. Tokens already quantized ([B, H, W, C]) go straight to the W8A8 GEMM."""
+    GEMM's epilogue (cuDNN's 1×1 conv added it in a separate pass: 1 ms a block at 4096²), or left
+    to the caller without `with_bias`. A W8A8 layer switched to float runs the same way; switched
+    to INT8 it runs itself, as does anything on the CPU (`with_bias` applies only where
+    `_runs_as_float_gemm`). Tokens already quantized ([B, H, W, C]) go straight to the W8A8 GEMM."""
     if isinstance(x, QuantizedTokens):
         batch, height, width, channels = x.values.shape
         tokens = conv.gemm(x.values.view(-1, channels), x.scale.view(-1, 1))
         return tokens.view(batch, height, width, -1).permute(0, 3, 1, 2)
-    if not x.is_cuda or getattr(conv, "int8", False):
+    if not _runs_as_float_gemm(conv, x):
         return conv(x)
     batch, channels, height, width = x.shape
     pixels = x.permute(0, 2, 3, 1)
     if not pixels.is_contiguous():
         pixels = pixels.contiguous()
-    tokens = F.linear(pixels.view(-1, channels), conv.weight.flatten(1), conv.bias)
+    tokens = F.linear(pixels.view(-1, channels), conv.weight.flatten(1), conv.bias if with_bias else None)
     return tokens.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.dit import DiTConfig, LinearDiT
 from tests.numerics import rel_err
@@ -371,10 +372,11 @@ def _interpreter_measurements() -> dict:
                    {"bias_column": got.shape == (37, w.shape[1] + md.BIAS_COLUMNS) and torch.equal(got[:, w.shape[1] + 1:],
                                                                                              torch.zeros_like(got[:, w.shape[1] + 1:]))})
 
-        # Mix-FFN's middle: odd image sizes, NCHW and channels-last input, with and without bias
-        for case, (channels2, h, w, bias, channels_last) in {
-            "nchw_bias": (40, 5, 7, True, False), "channels_last": (24, 9, 4, False, True),
-            "odd_channels": (34, 4, 6, True, True),
+        # Mix-FFN's middle: odd image sizes, NCHW and channels-last input, with and without bias,
+        # and with the expansion's bias left to it (large, so that a wrongly padded edge shows)
+        for case, (channels2, h, w, bias, channels_last, input_bias) in {
+            "nchw_bias": (40, 5, 7, True, False, False), "channels_last": (24, 9, 4, False, True, False),
+            "odd_channels": (34, 4, 6, True, True, False), "input_bias": (36, 6, 5, True, True, True),
         }.items():
             hidden = torch.randn(2, channels2, h, w) * 2
             if channels_last:
@@ -382,9 +384,16 @@ def _interpreter_measurements() -> dict:
             hidden = hidden.to(dtype)
             weight = torch.randn(channels2, 1, 3, 3).to(dtype)
             b = torch.randn(channels2).to(dtype) if bias else None
-            got = glu.conv_glu(hidden, weight, b)
-            record(f"conv_glu/{case}/{tag}", got, glu.conv_glu_reference(*upcast(hidden, weight, b)), dtype,
-                   {"channels_last_out": got.is_contiguous(memory_format=torch.channels_last)})
+            pre = (torch.randn(channels2) * 3).to(dtype) if input_bias else None
+            got = glu.conv_glu(hidden, weight, b, pre)
+            want = glu.conv_glu_reference(*upcast(hidden, weight, b), None if pre is None else pre.float())
+            flags = {"channels_last_out": got.is_contiguous(memory_format=torch.channels_last)}
+            if pre is not None:  # against the edges padded before the bias: SiLU(b) there, not 0
+                padded = F.pad(hidden.float(), (1, 1, 1, 1)) + pre.float()[:, None, None]
+                value, gate = F.conv2d(F.silu(padded), weight.float(), b.float(), groups=channels2).chunk(2, dim=1)
+                flags["input_bias_padding"] = (rel_err(value * F.silu(gate), want) > 0.05
+                                               and rel_err(got.float(), want) < 1e-2)
+            record(f"conv_glu/{case}/{tag}", got, want, dtype, flags)
     return results
 
 
@@ -434,7 +443,14 @@ def test_bias_columns_are_laid_out_where_the_folded_projection_reads_them(interp
 
 def test_conv_glu_kernel_writes_channels_last(interpreted):
     flags = [r["channels_last_out"] for r in interpreted.values() if "channels_last_out" in r]
-    assert len(flags) == 6 and all(flags)
+    assert len(flags) == 8 and all(flags)
+
+
+def test_conv_glu_pads_after_adding_the_expansions_bias(interpreted):
+    """With `input_bias`, the zero padding is of SiLU(hidden + b): padding hidden with zeros first
+    (SiLU(b) at the edges) would give a visibly different result."""
+    flags = [r["input_bias_padding"] for r in interpreted.values() if "input_bias_padding" in r]
+    assert len(flags) == 2 and all(flags)
 
 
 if __name__ == "__main__":

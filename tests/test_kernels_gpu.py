@@ -106,6 +106,9 @@ def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
     poison_allocator(batch * hidden * tokens)
     check(record_property, "conv_glu", glu.conv_glu(expanded, weight, bias), want)
     check(record_property, "conv_glu_exact_silu", glu.conv_glu(expanded, weight, bias, silu=glu.EXACT), want)
+    expansion_bias = randn(2 * hidden, scale=1.0)  # the 1×1 expansion's, added here instead of in its GEMM
+    check(record_property, "conv_glu_input_bias", glu.conv_glu(expanded, weight, bias, expansion_bias),
+          glu.conv_glu_reference(*upcast(expanded, weight, bias, expansion_bias)))
 
 
 @pytest.mark.parametrize("heads, head_dim, tokens", [(16, 72, 1024), (20, 112, 16384)], ids=["600m_1024", "1600m_4096"])

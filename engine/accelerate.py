@@ -184,13 +184,21 @@ class FastCrossAttention(_AttentionTwin):
         return CrossAttention.keys_values(self, text)
 
     def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], padding: TextPadding) -> Tensor:
+        branch, bias = self.branch_and_bias(x, keys_values, padding)
+        return branch if bias is None else branch + bias
+
+    def branch_and_bias(
+        self, x: Tensor, keys_values: tuple[Tensor, Tensor], padding: TextPadding
+    ) -> tuple[Tensor, Tensor | None]:
+        """`forward` as (output without to_out's bias, that bias) where to_out is a 16-bit Linear,
+        for the residual pass behind to add (see `unbiased`); else (output, None)."""
         batch, tokens, _ = x.shape
         q = self.norm_q(self.to_q(x)).view(batch * tokens, self.heads, -1)
         # [B, heads, L, d] views of [B, L, heads, d] memory: as [B·L, heads, d], no copy
         k, v = (t.transpose(1, 2).reshape(-1, self.heads, t.shape[-1]) for t in keys_values)
         out = attend_text_prefix(q, k, v, self._rows_start(batch, tokens, x.device),
                                  self._rows_start(batch, keys_values[0].shape[2], x.device), padding.lengths)
-        return self.to_out(out.view(batch, tokens, -1))
+        return unbiased(self.to_out[0], out.view(batch, tokens, -1))
 
     def _rows_start(self, rows: int, length: int, device: torch.device) -> Tensor:
         """[0, length, 2·length, …, rows·length] int32, made once (a CUDA graph reads it in place)."""
@@ -198,6 +206,17 @@ class FastCrossAttention(_AttentionTwin):
         if key not in self._starts:
             self._starts[key] = torch.arange(0, (rows + 1) * length, length, dtype=torch.int32, device=device)
         return self._starts[key]
+
+
+def unbiased(layer: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(layer(tokens) without its bias, the bias) for a 16-bit Linear with one on CUDA, so that
+    the residual pass behind the GEMM adds the bias instead of cuBLAS's epilogue, as the Mix-FFN's
+    expansion leaves its bias to conv_glu (see glu's docstring); (layer(tokens), None) for
+    anything else."""
+    if (not tokens.is_cuda or not isinstance(layer, nn.Linear) or getattr(layer, "int8", False)
+            or layer.bias is None):
+        return layer(tokens), None  # W8A8's epilogue adds its bias at no cost
+    return F.linear(tokens, layer.weight), layer.bias
 
 
 def attend_text_prefix(q: Tensor, k: Tensor, v: Tensor, q_starts: Tensor, k_starts: Tensor, lengths: Tensor) -> Tensor:
@@ -291,10 +310,11 @@ class Residual:
     row: int
     clamp: bool = False
 
-    def add(self, branch: Tensor) -> Tensor:
-        """The branch computed on its own, then one `gated_residual` pass."""
+    def add(self, branch: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The branch computed on its own (its projection's bias not yet added, where given),
+        then one `gated_residual` pass."""
         return modulate.gated_residual(self.x, branch, self.table, self.modulation, self.row,
-                                       clamp=self.clamp, out=self.x)
+                                       clamp=self.clamp, out=self.x, bias=bias)
 
     def folds(self, layer: nn.Module, rows: int) -> bool:
         """Whether `project` folds the gate into the 16-bit weight of `layer` for `rows` tokens:
@@ -329,7 +349,7 @@ class Residual:
             gated = modulate.gated_weight(weight, self.table, self.modulation, self.row, layer.bias)
             self.x.view(rows, -1).addmm_(tokens, gated.t())
             return self.x
-        return self.add(F.linear(tokens, weight, layer.bias).view(self.x.shape))
+        return self.add(F.linear(tokens, weight).view(self.x.shape), layer.bias)
 
 
 class FastSanaBlock(nn.Module):
@@ -354,10 +374,9 @@ class FastSanaBlock(nn.Module):
         y = modulate.modulate(x, *ada, modulate.SHIFT_MSA, modulate.SCALE_MSA, self.norm_eps,
                               quantize=self.attn1.takes_int8)
         x = self.attn1(y, Residual(x, *ada, modulate.GATE_MSA, clamp=True))
-        x, y = modulate.add_modulate(
-            x, self.attn2(x, keys_values, padding), *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps,
-            quantize=self.ff.takes_int8,
-        )
+        branch, bias = self.attn2.branch_and_bias(x, keys_values, padding)
+        x, y = modulate.add_modulate(x, branch, *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps,
+                                     quantize=self.ff.takes_int8, bias=bias)
         if isinstance(y, QuantizedTokens):
             y = QuantizedTokens(y.values.unflatten(1, (h, w)), y.scale)
         else:

@@ -327,13 +327,17 @@ def _interpreter_measurements() -> dict:
                md.add_modulate_reference(*upcast(x24.clone(), branch24, table, modulation), 3, 4, 1e-6)[1], dtype)
         # the W8A8 handover: y quantized per token in the same pass, equal to quantizing the stored y
         from quant import kernels as qk
-        for case, (rows, more, args) in {"one_modulation_row": (x, branch, (table, modulation[:1], 3, 4)),
-                                         "rows_a_program": (x24, branch24, (table, modulation, 0, 1))}.items():
+        bias80 = (torch.randn(80) * 4).to(dtype)
+        for case, (rows, more, args, bias) in {
+            "one_modulation_row": (x, branch, (table, modulation[:1], 3, 4), None),
+            "rows_a_program": (x24, branch24, (table, modulation, 0, 1), None),
+            "branch_bias": (x24, branch24, (table, modulation, 0, 1), bias80),
+        }.items():
             handed = md.modulate(rows, *args, 1e-6, quantize=True)
             stored = qk.quantize_tokens(md.modulate(rows, *args, 1e-6))
             target = rows.clone()
-            summed_q, handed_add = md.add_modulate(target, more, *args, 1e-6, quantize=True)
-            summed, stored_y = md.add_modulate(rows.clone(), more, *args, 1e-6)
+            summed_q, handed_add = md.add_modulate(target, more, *args, 1e-6, quantize=True, bias=bias)
+            summed, stored_y = md.add_modulate(rows.clone(), more, *args, 1e-6, bias=bias)
             def same(handed, stored):
                 return (handed.values.shape == rows.shape and torch.equal(handed.values.view(stored[0].shape), stored[0])
                         and torch.equal(handed.scale.view(stored[1].shape), stored[1]))
@@ -352,6 +356,16 @@ def _interpreter_measurements() -> dict:
         for clamp in (False, True):
             record(f"gated_residual/clamp_{clamp}/{tag}", md.gated_residual(x, huge, table, modulation, 2, clamp),
                    md.gated_residual_reference(*upcast(x, huge, table, modulation), 2, clamp), dtype)
+        # a 16-bit projection's bias, left out of its GEMM and added by the pass behind it
+        # (large, so that a bias added twice or not at all shows)
+        bias = (torch.randn(80) * 4).to(dtype)
+        summed, y = md.add_modulate(x.clone(), branch, table, modulation, 3, 4, 1e-6, bias=bias)
+        want_sum, want_y = md.add_modulate_reference(*upcast(x.clone(), branch, table, modulation), 3, 4, 1e-6,
+                                                     bias.float())
+        record(f"add_modulate/bias_sum/{tag}", summed, want_sum, dtype)
+        record(f"add_modulate/bias_y/{tag}", y, want_y, dtype)
+        record(f"gated_residual/bias/{tag}", md.gated_residual(x, branch, table, modulation, 2, True, bias=bias),
+               md.gated_residual_reference(*upcast(x, branch, table, modulation), 2, True, bias.float()), dtype)
         target = x.clone()
         got = md.gated_residual(target, branch, table, modulation, 5, out=target)
         record(f"gated_residual/in_place/{tag}", got, md.gated_residual_reference(*upcast(x, branch, table, modulation), 5),
@@ -419,7 +433,7 @@ def test_triton_kernel_matches_its_reference_in_the_interpreter(interpreted, ker
 
 def test_modulate_hands_a_w8a8_layer_its_input_quantized_as_the_quantizer_would(interpreted):
     cases = {name: r for name, r in interpreted.items() if name.startswith("quantized_handover/")}
-    assert len(cases) == 4
+    assert len(cases) == 6
     for name, r in cases.items():
         assert r["modulate_equal"] and r["add_modulate_equal"] and r["int8"], (name, r)
 

@@ -74,6 +74,11 @@ def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
     got_sum, got_y = md.add_modulate(x.clone(), branch, table, modulation, 3, 4, 1e-6)
     check(record_property, "add_modulate_sum", got_sum, want_sum)
     check(record_property, "add_modulate_y", got_y, want_y)
+    bias = randn(dim, scale=0.5)  # a 16-bit projection's, left out of its GEMM (the cross-attention's to_out)
+    want_sum, want_y = md.add_modulate_reference(*upcast(x, branch, table, modulation), 3, 4, 1e-6, bias.float())
+    got_sum, got_y = md.add_modulate(x.clone(), branch, table, modulation, 3, 4, 1e-6, bias=bias)
+    check(record_property, "add_modulate_bias_sum", got_sum, want_sum)
+    check(record_property, "add_modulate_bias_y", got_y, want_y)
     # the W8A8 handover: the int8 the quantizer would make of the stored y. Its own compile may sum
     # a row in another order, moving a rare y by an fp16 ulp and its integer by one step.
     from quant import quantize_tokens
@@ -82,6 +87,9 @@ def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
                           md.modulate(x, table, modulation, 0, 1, 1e-6)),
         "add_modulate_int8": (md.add_modulate(x.clone(), branch, table, modulation, 3, 4, 1e-6, quantize=True)[1],
                               md.add_modulate(x.clone(), branch, table, modulation, 3, 4, 1e-6)[1]),
+        "add_modulate_bias_int8": (
+            md.add_modulate(x.clone(), branch, table, modulation, 3, 4, 1e-6, quantize=True, bias=bias)[1],
+            md.add_modulate(x.clone(), branch, table, modulation, 3, 4, 1e-6, bias=bias)[1]),
     }.items():
         values, scale = quantize_tokens(stored)
         steps = (handed.values.view(values.shape).int() - values.int()).abs()
@@ -92,6 +100,9 @@ def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
     poison_allocator(x.numel())
     check(record_property, "gated_residual", md.gated_residual(x, branch, table, modulation, 2, clamp=True),
           md.gated_residual_reference(*upcast(x, branch, table, modulation), 2, clamp=True))
+    check(record_property, "gated_residual_bias",
+          md.gated_residual(x, branch, table, modulation, 2, clamp=True, bias=bias),
+          md.gated_residual_reference(*upcast(x, branch, table, modulation), 2, clamp=True, bias=bias.float()))
 
     projection = randn(dim, hidden, scale=0.02)  # the Mix-FFN's, whose gate it takes where one serves the batch
     check(record_property, "gated_weight", md.gated_weight(projection, table, modulation[:1], 5),

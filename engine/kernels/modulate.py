@@ -12,6 +12,10 @@ activations plus a small add for the rows; here each is one pass, the rows summe
                      serves the whole batch: gate·(y Wᵀ) = y (gate·W)ᵀ (see `accelerate.Residual`);
                      its bias, gated too, rides as one more column, its input a column of ones
 
+Both residual passes may add the branch's own bias too (`bias`): a 16-bit projection in front
+then runs without it, since cuBLAS's bias epilogue costs more than the add here (see
+`accelerate.unbiased`).
+
 The DiT's final AdaLN (`OutputNorm`) is `modulate` too, with its own table's two rows (shift, scale).
 All arithmetic is fp32; values are rounded to the tensor dtype once, when stored. For a W8A8
 layer behind them, `modulate` and `add_modulate` hand y on quantized per token (`quantize=True`),
@@ -56,19 +60,21 @@ def modulate_reference(
 
 def add_modulate_reference(
     x: torch.Tensor, branch: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor,
-    shift_row: int, scale_row: int, eps: float,
+    shift_row: int, scale_row: int, eps: float, bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x += branch (in place), then (x, modulate_reference(x, …))."""
-    x += branch
+    """x += branch (+ bias [D], the branch's own) in place, then (x, modulate_reference(x, …))."""
+    x += branch if bias is None else branch + bias
     return x, modulate_reference(x, table, modulation, shift_row, scale_row, eps)
 
 
 def gated_residual_reference(
     x: torch.Tensor, branch: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int,
-    clamp: bool = False,
+    clamp: bool = False, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x + gate·branch as a new tensor; `clamp` first clips the branch to ±65504, as
-    `LinearSelfAttention` clips its output."""
+    """x + gate·(branch + bias) as a new tensor (bias [D], the branch's own, where given); `clamp`
+    first clips the branch to ±65504, as `LinearSelfAttention` clips its output."""
+    if bias is not None:
+        branch = branch + bias
     if clamp:
         branch = branch.clamp(-FP16_MAX, FP16_MAX)
     return x + _row(table, modulation, gate_row) * branch
@@ -84,11 +90,16 @@ def _ada_row(table_ptr, mod_ptr, sample, row, cols, col_mask, stride_tr, stride_
 
 
 @triton.jit
-def _normalized(x_ptr, branch_ptr, offsets, mask, D, eps, HAS_BRANCH: tl.constexpr):
-    """Rows of x (first += branch, stored back, where HAS_BRANCH) → LayerNorm without affine, fp32."""
+def _normalized(x_ptr, branch_ptr, bias_ptr, offsets, cols, mask, D, eps,
+                HAS_BRANCH: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Rows of x (first += branch + bias, stored back, where HAS_BRANCH) → LayerNorm without
+    affine, fp32. cols: the tile's [BLOCK_D] column indices."""
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if HAS_BRANCH:
-        total = (x + tl.load(branch_ptr + offsets, mask=mask, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty)
+        branch = tl.load(branch_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            branch += tl.load(bias_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+        total = (x + branch).to(x_ptr.dtype.element_ty)
         tl.store(x_ptr + offsets, total, mask=mask)
         x = total.to(tl.float32)  # normalise the stored sum, as the reference does
     return _layer_norm(x, mask, D, eps)
@@ -104,10 +115,10 @@ def _layer_norm(x, mask, D, eps):
 
 @triton.jit
 def _modulate_kernel(
-    x_ptr, branch_ptr, y_ptr, table_ptr, mod_ptr,
+    x_ptr, branch_ptr, bias_ptr, y_ptr, table_ptr, mod_ptr,
     M, T, D, eps, shift_row, scale_row,
     stride_tr, stride_mb, stride_mr,
-    HAS_BRANCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BRANCH: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
@@ -115,7 +126,7 @@ def _modulate_kernel(
     col_mask = cols < D
     mask = row_mask[:, None] & col_mask[None, :]
     offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
-    normalized = _normalized(x_ptr, branch_ptr, offsets, mask, D, eps, HAS_BRANCH)
+    normalized = _normalized(x_ptr, branch_ptr, bias_ptr, offsets, cols, mask, D, eps, HAS_BRANCH, HAS_BIAS)
     sample = tl.minimum(rows, M - 1) // T
     shift = _ada_row(table_ptr, mod_ptr, sample, shift_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
     scale = _ada_row(table_ptr, mod_ptr, sample, scale_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
@@ -124,10 +135,10 @@ def _modulate_kernel(
 
 @triton.jit
 def _modulate_int8_kernel(
-    x_ptr, branch_ptr, q_ptr, s_ptr, table_ptr, mod_ptr,
+    x_ptr, branch_ptr, bias_ptr, q_ptr, s_ptr, table_ptr, mod_ptr,
     M, T, D, eps, shift_row, scale_row,
     stride_tr, stride_mb, stride_mr,
-    HAS_BRANCH: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BRANCH: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """`_modulate_kernel` handing y on per-token int8, as the quantizer would have made it of the
     stored 16-bit y. A program walks ROWS rows of one sample (ROWS divides T) with its shift and
@@ -152,7 +163,8 @@ def _modulate_int8_kernel(
         mask = row_mask[:, None] & col_mask[None, :]
         offsets = row[:, None].to(tl.int64) * D + cols[None, :]
         if HAS_BRANCH:
-            normalized = _normalized(x_ptr, branch_ptr, offsets, mask, D, eps, HAS_BRANCH)
+            normalized = _normalized(x_ptr, branch_ptr, bias_ptr, offsets, cols, mask, D, eps,
+                                     HAS_BRANCH, HAS_BIAS)
         else:
             x = ahead.to(tl.float32)
             ahead = tl.load(x_ptr + offsets + D, mask=(row + 1 < end)[:, None] & col_mask[None, :], other=0.0)
@@ -165,10 +177,10 @@ def _modulate_int8_kernel(
 
 @triton.jit
 def _gated_residual_kernel(
-    x_ptr, branch_ptr, out_ptr, table_ptr, mod_ptr,
+    x_ptr, branch_ptr, bias_ptr, out_ptr, table_ptr, mod_ptr,
     M, T, D, gate_row,
     stride_tr, stride_mb, stride_mr,
-    CLAMP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    CLAMP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -177,6 +189,8 @@ def _gated_residual_kernel(
     offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     branch = tl.load(branch_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        branch += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if CLAMP:
         branch = tl.minimum(tl.maximum(branch, -_FP16_MAX), _FP16_MAX)
     sample = tl.minimum(rows, M - 1) // T
@@ -260,22 +274,30 @@ def modulate(
         y = modulate_reference(x, table, modulation, shift_row, scale_row, eps)
         return _quantized(y) if quantize else y
     x = x.contiguous()
-    return _launch_modulate(x, None, table, modulation, shift_row, scale_row, eps, quantize)
+    return _launch_modulate(x, None, None, table, modulation, shift_row, scale_row, eps, quantize)
 
 
 def add_modulate(
     x: torch.Tensor, branch: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor,
-    shift_row: int, scale_row: int, eps: float, quantize: bool = False,
+    shift_row: int, scale_row: int, eps: float, quantize: bool = False, bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | QuantizedTokens]:
-    """Fused `add_modulate_reference`: x (contiguous, updated in place) += branch; returns (x, y),
-    y quantized as in `modulate` where asked."""
+    """Fused `add_modulate_reference`: x (contiguous, updated in place) += branch (+ bias);
+    returns (x, y), y quantized as in `modulate` where asked."""
     if not use_triton(x):
-        x, y = add_modulate_reference(x, branch, table, modulation, shift_row, scale_row, eps)
+        x, y = add_modulate_reference(x, branch, table, modulation, shift_row, scale_row, eps, bias)
         return x, _quantized(y) if quantize else y
     if not x.is_contiguous():
         raise ValueError("add_modulate updates x in place: it must be contiguous")
     branch = branch.reshape(x.shape).contiguous()
-    return x, _launch_modulate(x, branch, table, modulation, shift_row, scale_row, eps, quantize)
+    return x, _launch_modulate(x, branch, _checked_bias(bias, x), table, modulation, shift_row, scale_row, eps,
+                               quantize)
+
+
+def _checked_bias(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A branch's bias as the kernels read it: [D], unit stride."""
+    if bias is not None and (bias.shape != x.shape[-1:] or bias.stride(0) != 1):
+        raise ValueError(f"bias {tuple(bias.shape)} must be [{x.shape[-1]}] with unit stride")
+    return bias
 
 
 def _quantized(y: torch.Tensor) -> QuantizedTokens:
@@ -300,27 +322,29 @@ def _handover_rows(rows: int, tokens: int, x: torch.Tensor) -> int:
     return per_program
 
 
-def _launch_modulate(x, branch, table, modulation, shift_row, scale_row, eps, quantize):
+def _launch_modulate(x, branch, bias, table, modulation, shift_row, scale_row, eps, quantize):
     batch, tokens, dim = x.shape
     rows, block_d = batch * tokens, triton.next_power_of_2(dim)
     args = (rows, tokens, dim, eps, shift_row, scale_row, *_ada_strides(x, table, modulation))
     has_branch = branch is not None
-    branch = branch if has_branch else x  # an unused pointer without one
+    branch = branch if has_branch else x  # unused pointers where there is none
+    has_bias = bias is not None
+    bias = bias if has_bias else x
     if quantize:
         values = torch.empty(batch, tokens, dim, dtype=torch.int8, device=x.device)
         scale = torch.empty(batch, tokens, 1, dtype=torch.float32, device=x.device)
         per_program = _handover_rows(rows, tokens, x)
         _modulate_int8_kernel[(rows // per_program,)](
-            x, branch, values, scale, table, modulation, *args,
-            HAS_BRANCH=has_branch, ROWS=per_program, BLOCK_D=block_d, num_warps=4,
+            x, branch, bias, values, scale, table, modulation, *args,
+            HAS_BRANCH=has_branch, HAS_BIAS=has_bias, ROWS=per_program, BLOCK_D=block_d, num_warps=4,
             enable_fp_fusion=False,  # the quantizer's arithmetic, op for op
         )
         return QuantizedTokens(values, scale)
     y = torch.empty_like(x)
     block_m = max(1, 4096 // block_d)
     _modulate_kernel[(triton.cdiv(rows, block_m),)](
-        x, branch, y, table, modulation, *args,
-        HAS_BRANCH=has_branch, BLOCK_M=block_m, BLOCK_D=block_d,
+        x, branch, bias, y, table, modulation, *args,
+        HAS_BRANCH=has_branch, HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_D=block_d,
         # Four warps: 0.120 ms a call against eight warps' 0.148 at the 1.6B width, 2 × 16384 tokens;
         # 0.071 against 0.075 at the 0.6B width (H100, CUDA-graph timing). More rows a program
         # measured slower at the 1.6B width.
@@ -331,11 +355,11 @@ def _launch_modulate(x, branch, table, modulation, shift_row, scale_row, eps, qu
 
 def gated_residual(
     x: torch.Tensor, branch: torch.Tensor, table: torch.Tensor, modulation: torch.Tensor, gate_row: int,
-    clamp: bool = False, out: torch.Tensor | None = None,
+    clamp: bool = False, out: torch.Tensor | None = None, bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fused `gated_residual_reference`, into `out` (may be x itself) or a new contiguous tensor."""
     if not use_triton(x):
-        result = gated_residual_reference(x, branch, table, modulation, gate_row, clamp)
+        result = gated_residual_reference(x, branch, table, modulation, gate_row, clamp, bias)
         return result if out is None else out.copy_(result)
     x = x.contiguous()
     branch = branch.reshape(x.shape).contiguous()
@@ -343,13 +367,14 @@ def gated_residual(
         out = torch.empty_like(x)
     elif not out.is_contiguous() or out.shape != x.shape:
         raise ValueError(f"out must be contiguous {tuple(x.shape)}")
+    bias = _checked_bias(bias, x)
     batch, tokens, dim = x.shape
     rows = batch * tokens
     block_d = min(triton.next_power_of_2(dim), 256)
     block_m = 4096 // block_d
     _gated_residual_kernel[(triton.cdiv(rows, block_m), triton.cdiv(dim, block_d))](
-        x, branch, out, table, modulation, rows, tokens, dim, gate_row,
+        x, branch, x if bias is None else bias, out, table, modulation, rows, tokens, dim, gate_row,
         *_ada_strides(x, table, modulation),
-        CLAMP=clamp, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
+        CLAMP=clamp, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
     )
     return out

@@ -211,8 +211,9 @@ class FastCrossAttention(_AttentionTwin):
 def unbiased(layer: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
     """(layer(tokens) without its bias, the bias) for a 16-bit Linear with one on CUDA, so that
     the residual pass behind the GEMM adds the bias instead of cuBLAS's epilogue, as the Mix-FFN's
-    expansion leaves its bias to conv_glu (see glu's docstring); (layer(tokens), None) for
-    anything else."""
+    expansion leaves its bias to conv_glu (see glu's docstring). 0.6B 1024² FP16 20-step
+    sampling, H100, old/new/new/old: 118.34 / 117.61 / 117.70 / 118.18 ms. (layer(tokens), None)
+    for anything else."""
     if (not tokens.is_cuda or not isinstance(layer, nn.Linear) or getattr(layer, "int8", False)
             or layer.bias is None):
         return layer(tokens), None  # W8A8's epilogue adds its bias at no cost

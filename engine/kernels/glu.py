@@ -28,6 +28,15 @@ before the arithmetic of the row above, so that their latency hides behind it. H
 4096²: 0.50 ms a call, against 0.58 ms loading and computing each row in turn, 0.77 ms for the
 shifted-tile kernel before that and ~0.37 ms to move the bytes. (SiLU in fp16 pairs,
 tanh.approx.f16x2, measured slower with the loads ahead: 0.53 ms.)
+
+In W8A8 the projection behind wants its input per token in int8, so `quantize_tokens` reads this
+kernel's output back. Two ways around that pass measured slower (H100, 2026-12-07, CUDA-graph
+replays, per call, 1.6B at 4096² / 0.6B at 1024²): SiLU in the int8 expansion's epilogue made the
+GEMM 1414 → 1583 / 36.9 → 40.9 µs and this kernel, its input SiLU'd already, 503 → 714 / 24.3 →
+30.7 µs (without the SiLU arithmetic its loads no longer hide); and on top of that, a persistent
+program per strip of 2–8 rows × 4 pixels running through all the channels into a scratch of its
+own, then handing the projection int8 (exact): 2030–3432 / 77–245 µs against 693 / 34.5 for this
+kernel and the quantizer. The INT8 DiT step with both: 148.8 ms, against ~120.
 """
 
 from __future__ import annotations

@@ -50,18 +50,11 @@ from .dit import (
 )
 
 try:  # Triton ships for Linux x86-64 only; elsewhere accelerate_dit says so and changes nothing
-    from .kernels import glu, linear_attention, modulate
+    from .kernels import cross_attention, glu, linear_attention, modulate
 except ImportError as error:
     _KERNELS_MISSING: ImportError | None = error
 else:
     _KERNELS_MISSING = None
-
-# Flash attention over rows that each read their own number of keys (`seqused_k`): the op under
-# PyTorch's `torch.nn.attention.varlen.varlen_attn`, called directly because that wrapper gained
-# the argument only after PyTorch 2.11, where the op already had it.
-_FLASH = getattr(torch.ops.aten, "_flash_attention_forward", None)
-if _FLASH is not None and "seqused_k" not in str(_FLASH.default._schema):
-    _FLASH = None
 
 class _AttentionTwin(nn.Module):
     """What both attention twins hold: the reference's own projections and norms, by name."""
@@ -171,14 +164,12 @@ def _are_its_rows(parts: list[Tensor], stacked: Tensor) -> bool:
 
 class FastCrossAttention(_AttentionTwin):
     """`CrossAttention` that reads each row's first `padding.lengths` text tokens instead of adding
-    a mask over all of them: flash attention with per-row key counts, where a mask sends PyTorch's
-    attention to a slower kernel (1.6B 4096², rows of 40 and 300 tokens, an H100: 0.30 ms a call
-    against 0.49 masked). The CFG step, old and new interleaved: 178.8 → 176.4 ms FP16 at 1.6B
-    4096², 6.39 → 6.14 ms at 0.6B 1024²."""
-
-    def __init__(self, attn: CrossAttention):
-        super().__init__(attn)
-        self._starts: dict[tuple, Tensor] = {}  # (rows, length, device) → each row's first index
+    a mask over all of them (`kernels.cross_attention`), where a mask sends PyTorch's attention to
+    a slower kernel (1.6B 4096², rows of 40 and 300 tokens, an H100: 0.30 ms a call against 0.49
+    masked; the CFG step 178.8 → 176.4 ms FP16 at 1.6B 4096², 6.39 → 6.14 ms at 0.6B 1024²).
+    The Triton kernel took over from PyTorch's flash attention with per-row key counts
+    (`seqused_k`), at 263 against 279 µs a call at 1.6B 4096², 20.6 against 28.0 at 1.6B 1024²
+    and 14.5 against 19.7 at 0.6B 1024² (H100, CUDA-graph replays)."""
 
     def keys_values(self, text: Tensor) -> tuple[Tensor, Tensor]:
         return CrossAttention.keys_values(self, text)
@@ -196,16 +187,8 @@ class FastCrossAttention(_AttentionTwin):
         q = self.norm_q(self.to_q(x)).view(batch * tokens, self.heads, -1)
         # [B, heads, L, d] views of [B, L, heads, d] memory: as [B·L, heads, d], no copy
         k, v = (t.transpose(1, 2).reshape(-1, self.heads, t.shape[-1]) for t in keys_values)
-        out = attend_text_prefix(q, k, v, self._rows_start(batch, tokens, x.device),
-                                 self._rows_start(batch, keys_values[0].shape[2], x.device), padding.lengths)
+        out = cross_attention.attend_prefix(q, k, v, padding.lengths)
         return unbiased(self.to_out[0], out.view(batch, tokens, -1))
-
-    def _rows_start(self, rows: int, length: int, device: torch.device) -> Tensor:
-        """[0, length, 2·length, …, rows·length] int32, made once (a CUDA graph reads it in place)."""
-        key = (rows, length, device)
-        if key not in self._starts:
-            self._starts[key] = torch.arange(0, (rows + 1) * length, length, dtype=torch.int32, device=device)
-        return self._starts[key]
 
 
 def unbiased(layer: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -218,20 +201,6 @@ def unbiased(layer: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
             or layer.bias is None):
         return layer(tokens), None  # W8A8's epilogue adds its bias at no cost
     return F.linear(tokens, layer.weight), layer.bias
-
-
-def attend_text_prefix(q: Tensor, k: Tensor, v: Tensor, q_starts: Tensor, k_starts: Tensor, lengths: Tensor) -> Tensor:
-    """Softmax attention of rows of queries q [Σ, heads, d] (row i: q_starts[i]:q_starts[i+1]) to
-    the first lengths[i] keys and values of their row of k, v [Σ, heads, d] → [Σ, heads, d].
-    Flash attention where it runs (CUDA, 16-bit, d a multiple of 8), else the masked reference."""
-    rows, (total, heads, dim) = lengths.shape[0], q.shape
-    q_len, k_len = total // rows, k.shape[0] // rows
-    if _FLASH is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dim % 8 == 0:
-        return _FLASH(q, k, v, q_starts, k_starts, q_len, k_len, 0.0, False, False, seqused_k=lengths)[0]
-    q, k, v = (t.view(rows, -1, heads, dim).transpose(1, 2) for t in (q, k, v))
-    keep = torch.arange(k_len, device=q.device) < lengths[:, None]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-    return out.transpose(1, 2).reshape(total, heads, dim)
 
 
 class FastMixFFN(nn.Module):

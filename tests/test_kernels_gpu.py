@@ -124,21 +124,21 @@ def test_fused_kernels_match_their_references_in_fp16(shape, record_property):
 
 @pytest.mark.parametrize("heads, head_dim, tokens", [(16, 72, 1024), (20, 112, 16384)], ids=["600m_1024", "1600m_4096"])
 def test_cross_attention_over_each_rows_tokens_matches_masked_attention(heads, head_dim, tokens, record_property):
-    """`attend_text_prefix` (flash attention reading each row's first `lengths` keys) against
-    fp32 softmax attention with the padding masked, as the reference DiT computes it: a short
-    unconditional row, a full one, one of a single token."""
-    from engine import accelerate
-    from engine.accelerate import attend_text_prefix
+    """`cross_attention.attend_prefix` (the Triton kernel reading each row's first `lengths` keys)
+    against fp32 softmax attention with the padding masked, as the reference DiT computes it: a
+    short unconditional row, a full one, one of a single token; the padding holds NaN, unread."""
+    from engine.kernels.cross_attention import attend_prefix
 
-    assert accelerate._FLASH is not None, "this PyTorch has no flash attention with per-row key counts"
     generator = torch.Generator("cuda").manual_seed(0)
     rows, length = 3, 300
     q = torch.randn(rows * tokens, heads, head_dim, device="cuda", generator=generator).half()
     k, v = (torch.randn(rows * length, heads, head_dim, device="cuda", generator=generator).half() for _ in range(2))
     lengths = torch.tensor([40, 300, 1], dtype=torch.int32, device="cuda")
-    starts = [torch.arange(0, (rows + 1) * n, n, dtype=torch.int32, device="cuda") for n in (tokens, length)]
+    padding = (torch.arange(rows * length, device="cuda") % length) >= lengths.repeat_interleave(length)
+    k_read, v_read = k.clone(), v.clone()
+    k_read[padding], v_read[padding] = float("nan"), float("nan")
     poison_allocator(q.numel())
-    got = attend_text_prefix(q, k, v, *starts, lengths)
+    got = attend_prefix(q, k_read, v_read, lengths)
     keep = torch.arange(length, device="cuda") < lengths[:, None].long()
     bias = (keep.float()[:, None, None, :] - 1) * 10000.0
     as_rows = [t.float().view(rows, -1, heads, head_dim).transpose(1, 2) for t in (q, k, v)]

@@ -134,45 +134,67 @@ def _modulate_kernel(
 
 
 @triton.jit
+def _ada_vector(table_ptr, mod_ptr, sample, row, cols, col_mask, stride_tr, stride_mb, stride_mr):
+    """[len(cols)] fp32: table[row] + modulation[sample, row], for one sample."""
+    return (tl.load(table_ptr + row * stride_tr + cols, mask=col_mask, other=0.0).to(tl.float32)
+            + tl.load(mod_ptr + sample * stride_mb + row * stride_mr + cols, mask=col_mask, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _load_sum(x_ptr, branch_ptr, bias_ptr, base, cols, col_mask, HAS_BRANCH: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A chunk of a row of x, fp32; where HAS_BRANCH, x + branch (+ bias) stored back first."""
+    x = tl.load(x_ptr + base + cols, mask=col_mask, other=0.0)
+    if HAS_BRANCH:
+        branch = tl.load(branch_ptr + base + cols, mask=col_mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            branch += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        x = (x.to(tl.float32) + branch).to(x_ptr.dtype.element_ty)
+        tl.store(x_ptr + base + cols, x, mask=col_mask)
+    return x.to(tl.float32)  # the stored sum is what is normalised, as the reference does
+
+
+@triton.jit
 def _modulate_int8_kernel(
     x_ptr, branch_ptr, bias_ptr, q_ptr, s_ptr, table_ptr, mod_ptr,
     M, T, D, eps, shift_row, scale_row,
     stride_tr, stride_mb, stride_mr,
-    HAS_BRANCH: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BRANCH: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
 ):
-    """`_modulate_kernel` handing y on per-token int8, as the quantizer would have made it of the
-    stored 16-bit y. A program walks ROWS rows of one sample (ROWS divides T) with its shift and
-    scale loaded once."""
+    """`_modulate_kernel` handing y on per-token int8, as the quantizer would make it of the 16-bit
+    y (`quantize_tokens`' arithmetic, op for op). A program walks ROWS rows of one sample (ROWS
+    divides T) with its shift and scale loaded once, each row in one or two warps: a row is two
+    power-of-two chunks (2240 = 2048 + 192 of 256 columns; 1152 = 1024 + 128), not one padded to
+    4096, so the LayerNorm's two sums and the absmax are warp shuffles, with no barrier between
+    them. The sums add the two chunks' partial sums, so y may differ in its last bit from the
+    16-bit `modulate`'s, which sums the row as one."""
     first = tl.program_id(0) * ROWS
-    cols = tl.arange(0, BLOCK_D)
-    col_mask = cols < D
-    sample = tl.zeros([1], dtype=tl.int32) + first // T
-    shift = _ada_row(table_ptr, mod_ptr, sample, shift_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
-    scale = _ada_row(table_ptr, mod_ptr, sample, scale_row, cols, col_mask, stride_tr, stride_mb, stride_mr)
-    # Without a branch, each row's load goes out a row ahead, before the reductions of the row
-    # above (masked off past the program's last row).
-    end = tl.minimum(M, first + ROWS)
-    ahead = tl.zeros([1, BLOCK_D], dtype=x_ptr.dtype.element_ty)
-    if not HAS_BRANCH:
-        start = first + tl.zeros([1], dtype=tl.int32)
-        ahead = tl.load(x_ptr + start[:, None].to(tl.int64) * D + cols[None, :],
-                        mask=(start < end)[:, None] & col_mask[None, :], other=0.0)
+    cols_a = tl.arange(0, BLOCK_A)
+    cols_b = BLOCK_A + tl.arange(0, BLOCK_B)
+    mask_a = cols_a < D
+    mask_b = cols_b < D
+    sample = first // T
+    shift_a = _ada_vector(table_ptr, mod_ptr, sample, shift_row, cols_a, mask_a, stride_tr, stride_mb, stride_mr)
+    shift_b = _ada_vector(table_ptr, mod_ptr, sample, shift_row, cols_b, mask_b, stride_tr, stride_mb, stride_mr)
+    scale_a = 1 + _ada_vector(table_ptr, mod_ptr, sample, scale_row, cols_a, mask_a, stride_tr, stride_mb, stride_mr)
+    scale_b = 1 + _ada_vector(table_ptr, mod_ptr, sample, scale_row, cols_b, mask_b, stride_tr, stride_mb, stride_mr)
     for i in range(ROWS):
-        row = first + i + tl.zeros([1], dtype=tl.int32)
-        row_mask = row < M
-        mask = row_mask[:, None] & col_mask[None, :]
-        offsets = row[:, None].to(tl.int64) * D + cols[None, :]
-        if HAS_BRANCH:
-            normalized = _normalized(x_ptr, branch_ptr, bias_ptr, offsets, cols, mask, D, eps,
-                                     HAS_BRANCH, HAS_BIAS)
-        else:
-            x = ahead.to(tl.float32)
-            ahead = tl.load(x_ptr + offsets + D, mask=(row + 1 < end)[:, None] & col_mask[None, :], other=0.0)
-            normalized = _layer_norm(x, mask, D, eps)
-        y = normalized * (1 + scale) + shift
-        y = y.to(x_ptr.dtype.element_ty).to(tl.float32)  # the 16-bit y a separate pass would read
-        inv = inverse_scale(tl.max(tl.abs(y), axis=1), s_ptr, row, row_mask)
-        store_quantized(y, inv, q_ptr, row, cols, row_mask, D)
+        row = first + i
+        base = row.to(tl.int64) * D
+        xa = _load_sum(x_ptr, branch_ptr, bias_ptr, base, cols_a, mask_a, HAS_BRANCH, HAS_BIAS)
+        xb = _load_sum(x_ptr, branch_ptr, bias_ptr, base, cols_b, mask_b, HAS_BRANCH, HAS_BIAS)
+        mean = (tl.sum(xa, axis=0) + tl.sum(xb, axis=0)) / D
+        ca = tl.where(mask_a, xa - mean, 0.0)
+        cb = tl.where(mask_b, xb - mean, 0.0)
+        rstd = tl.math.rsqrt((tl.sum(ca * ca, axis=0) + tl.sum(cb * cb, axis=0)) / D + eps)
+        # the 16-bit y a separate pass would read
+        ya = (ca * rstd * scale_a + shift_a).to(x_ptr.dtype.element_ty).to(tl.float32)
+        yb = (cb * rstd * scale_b + shift_b).to(x_ptr.dtype.element_ty).to(tl.float32)
+        token = row + tl.zeros([1], dtype=tl.int32)  # the quantizer's helpers take rows of tokens
+        absmax = tl.maximum(tl.max(tl.abs(ya), axis=0), tl.max(tl.abs(yb), axis=0)) + tl.zeros([1], dtype=tl.float32)
+        inv = inverse_scale(absmax, s_ptr, token, token < M)
+        store_quantized(ya[None, :], inv, q_ptr, token, cols_a, token < M, D)
+        store_quantized(yb[None, :], inv, q_ptr, token, cols_b, token < M, D)
 
 
 @triton.jit
@@ -306,12 +328,15 @@ def _quantized(y: torch.Tensor) -> QuantizedTokens:
 
 
 # Rows an int8 handover program walks: as many as keep at least two programs an SM, up to 8, a
-# power of two dividing a sample's tokens. H100 (µs a call, modulate → int8 / add_modulate → int8,
-# against modulate or add_modulate and then the quantizer):
-#   2 × 16384 × 2240: 8 rows 155 / 213, 4 rows 162 / 213, 1 row 211 / 238; separate 193 / 277
-#   2 × 1024 × 2240:  8 rows 13.9 / 15.8, 4 rows 11.2 / 12.7;                separate 13.8 / 14.2
-#   2 × 1024 × 1152:  8 rows 11.0 / 12.1, 4 rows 7.6 / 8.6;                  separate 8.9 / 9.5
-# The plain kernel keeps one row a program: walking rows measured slower there (126 vs 119 µs).
+# power of two dividing a sample's tokens; one warp a row, two for add_modulate's 8-row programs.
+# H100, CUDA-graph replays, µs a call, modulate → int8 / add_modulate → int8, 2026-12-07:
+#   2 × 16384 × 2240: 8 rows, a warp 98.7 / 212.1, two warps 118.9 / 192.3; 16 rows, a warp
+#                     98.7 / 207.3; the row in one 4096-wide tile of 4 warps before: 146.3 / 214.0
+#   2 × 1024 × 2240:  4 rows, a warp 9.7 / 12.7;  8 rows 15.2 / 20.2;  before 14.4 / 13.0
+#   2 × 1024 × 1152:  4 rows, a warp 6.3 / 6.8;   8 rows 10.2 / 10.8;  before 7.5 / 8.8
+# (the 4096-wide tile, before that: 8 rows 155 / 213, 1 row 211 / 238; modulate or add_modulate
+# and then the quantizer: 193 / 277 at 2 × 16384 × 2240). The plain kernel keeps one row a program
+# of 4 warps: walking rows measured slower there (126 vs 119 µs).
 HANDOVER_ROWS = 8
 
 
@@ -334,9 +359,12 @@ def _launch_modulate(x, branch, bias, table, modulation, shift_row, scale_row, e
         values = torch.empty(batch, tokens, dim, dtype=torch.int8, device=x.device)
         scale = torch.empty(batch, tokens, 1, dtype=torch.float32, device=x.device)
         per_program = _handover_rows(rows, tokens, x)
+        block_a = 1 << (dim.bit_length() - 1)  # the row's two chunks: see the kernel
+        block_b = max(16, triton.next_power_of_2(dim - block_a))
         _modulate_int8_kernel[(rows // per_program,)](
             x, branch, bias, values, scale, table, modulation, *args,
-            HAS_BRANCH=has_branch, HAS_BIAS=has_bias, ROWS=per_program, BLOCK_D=block_d, num_warps=4,
+            HAS_BRANCH=has_branch, HAS_BIAS=has_bias, ROWS=per_program, BLOCK_A=block_a, BLOCK_B=block_b,
+            num_warps=2 if has_branch and per_program == HANDOVER_ROWS else 1,
             enable_fp_fusion=False,  # the quantizer's arithmetic, op for op
         )
         return QuantizedTokens(values, scale)

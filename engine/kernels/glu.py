@@ -27,7 +27,10 @@ result. 16-bit tensors use it; fp32 ones get the exact form. Each row's loads go
 before the arithmetic of the row above, so that their latency hides behind it. H100, 1.6B at
 4096²: 0.50 ms a call, against 0.58 ms loading and computing each row in turn, 0.77 ms for the
 shifted-tile kernel before that and ~0.37 ms to move the bytes. (SiLU in fp16 pairs,
-tanh.approx.f16x2, measured slower with the loads ahead: 0.53 ms.)
+tanh.approx.f16x2, measured slower with the loads ahead: 0.53 ms.) Loads two rows ahead measured
+slower still (H100, 2026-12-07, CUDA-graph replays, side by side): 0.560 → 0.723 ms a call at
+1.6B 4096² (0.587 held to 168 registers, three programs an SM), 38.2 → 59.4 µs at 1.6B 1024²,
+20.6 → 29.4 µs at 0.6B 1024²; 168 registers with one row ahead changed nothing (0.560).
 
 In W8A8 the projection behind wants its input per token in int8, so `quantize_tokens` reads this
 kernel's output back. Two ways around that pass measured slower (H100, 2026-12-07, CUDA-graph

@@ -81,9 +81,9 @@ TILE = (64, 64, 4, 2)
 
 def attend_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Row b's queries q [B·L, heads, d] to its first lengths[b] keys and values of k, v
-    [B·Lk, heads, d] → [B·L, heads, d]; the Triton kernel on CUDA (and under the interpreter),
-    else `attend_prefix_reference`."""
-    if not use_triton(q):
+    [B·Lk, heads, d] → [B·L, heads, d]; the Triton kernel for 16-bit CUDA tensors (and under the
+    interpreter), else `attend_prefix_reference` (on CUDA its products would be TF32 in fp32)."""
+    if not use_triton(q) or (q.is_cuda and q.dtype == torch.float32):
         return attend_prefix_reference(q, k, v, lengths)
     rows = lengths.shape[0]
     total, heads, dim = q.shape

@@ -38,8 +38,8 @@ def _attend_prefix_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lengths_ptr, tokens, keys, qk_scale,
     HEADS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    head = tl.program_id(1)
+    head = tl.program_id(0)  # fastest: neighbouring programs read neighbouring columns of the same rows
+    pid_m = tl.program_id(1)
     b = tl.program_id(2)
     length = tl.load(lengths_ptr + b)
     row: tl.constexpr = HEADS * D  # elements from one token to the next
@@ -71,12 +71,18 @@ def _attend_prefix_kernel(
     tl.store(o_ptr + q_at, out.to(o_ptr.dtype.element_ty), mask=q_mask)
 
 
-# (BLOCK_M, BLOCK_N, warps, stages). H100, CUDA-graph replays, rows of 40 and 300 keys, µs a call
-# at 1.6B 4096² / 1.6B 1024² / 0.6B 1024²: 64 × 64 in 4 warps 263 / 20.6 / 14.5; 128 × 64 in 4
-# warps 281 / 24.9 / 19.4, in 8 warps 326 / 23.5 / 15.2; 128 × 32 275 / 23.1 / 18.4; 64 × 32 277 /
-# 19.5 / 18.5; 128 × 128 in 8 warps 364 / 28.2 / 18.0. PyTorch's flash attention with per-row key
-# counts: 279 / 28.0 / 19.7; cuDNN's, a call per row: 308 / 36.6 / 26.7.
-TILE = (64, 64, 4, 2)
+# (BLOCK_M, BLOCK_N, warps, stages) by the head dim padded to a power of two. H100, CUDA-graph
+# replays, rows of 40 and 300 keys, µs a call at 1.6B 4096² / 1.6B 1024² (head dim 112) and 0.6B
+# 1024² (72). Programs in head-fastest order: 64 × 32 in 3 stages 248 / 19.1, 64 × 64 in 2 stages
+# 257 / 20.4 and 14.5, in 3 stages 255 / 19.7 and 15.1, 64 × 32 in 3 stages at 0.6B 17.5;
+# 128 × 64 in 8 warps 324 / 24.0 and 15.2 (2026-12-07). Row-block-fastest order, 64 × 64 in 2
+# stages: 263 / 20.7 and 14.6; earlier there, 128 × 64 in 4 warps 281 / 24.9 / 19.4, 128 × 32
+# 275 / 23.1 / 18.4, 128 × 128 in 8 warps 364 / 28.2 / 18.0. A max over the raw scores with the
+# scale folded into the exponent's FMA, and the full key tiles unmasked, measured slower (64 × 64:
+# 272 against 257). PyTorch's flash attention with per-row key counts: 279 / 28.0 / 19.7; cuDNN's,
+# a call per row: 308 / 36.6 / 26.7.
+TILES = {128: (64, 32, 4, 3)}
+TILE = (64, 64, 4, 2)  # every other head dim
 
 
 def attend_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -91,11 +97,12 @@ def attend_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: to
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not split into {rows} rows")
     q, k, v = (t.contiguous() for t in (q, k, v))
     out = torch.empty_like(q)
-    block_m, block_n, warps, stages = (16, 16, 1, 1) if INTERPRET else TILE
-    grid = (triton.cdiv(total // rows, block_m), heads, rows)
+    block_d = max(16, triton.next_power_of_2(dim))
+    block_m, block_n, warps, stages = (16, 16, 1, 1) if INTERPRET else TILES.get(block_d, TILE)
+    grid = (heads, triton.cdiv(total // rows, block_m), rows)
     _attend_prefix_kernel[grid](
         q, k, v, out, lengths, total // rows, k.shape[0] // rows, dim ** -0.5 * _LOG2E,
-        HEADS=heads, D=dim, BLOCK_D=max(16, triton.next_power_of_2(dim)), BLOCK_M=block_m, BLOCK_N=block_n,
+        HEADS=heads, D=dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps, num_stages=stages,
     )
     return out

@@ -13,6 +13,16 @@ and no fp32 copy of q, k or v ever reaches memory:
 Where `to_out`'s bias rides in its weight (`accelerate.Residual`, the gate folded into a 16-bit
 weight), the output rows carry `BIAS_COLUMNS` more columns, (1, 0, …, 0), written by the last
 head's programs: [mixed, 1] · [W, b]ᵀ = W·mixed + b, with no pass of its own.
+
+In W8A8, `to_out` takes this output per token in int8, so `quantize_tokens` reads it back. A third
+launch that did without that pass measured slower (H100, 2026-12-07, CUDA-graph replays, side by
+side, its best of 18 settings of tokens × warps × stages): its programs owned whole token rows and
+ran over the heads twice, for each row's absmax and then to quantize, recomputing q·(KᵀV) from
+each head's summed KᵀV instead of storing the 16-bit output. KᵀV, output and quantizer: 347 → 512
+µs at 1.6B 4096², 34 → 137 at 1.6B 1024², 20 → 72 at 0.6B 1024² (bit-equal to the two-pass result
+where its tile matched this kernel's). The INT8 CFG step at 1.6B 4096², interleaved: 122.3–123.0
+→ 124.9–126.0 ms. The serial walk over 70 heads, a KᵀV load from L2 each, is latency-bound, and
+at 1024² there are too few programs to hide it.
 """
 
 from __future__ import annotations

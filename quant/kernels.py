@@ -357,9 +357,9 @@ def _tma_configs() -> list[triton.Config]:
 # (under a second of back-to-back calls, where the 700 W limit holds the clock down, both ~820).
 # Ranking them after 0.8 s of back-to-back calls instead of from idle, as 20-step sampling runs
 # them, changes little (H100, 2026-12-07, µs a call sustained): the q, k, v projection keeps its
-# pick (937; the next 944), the attention's output with the residual is a tie within 1% (388–391),
-# and only 2240 → 2240 without a residual moves, 128 × 256 flattened 318 against the pick's 328:
-# 2 × 10 µs of a ~123 ms INT8 step, so the autotuner ranks from idle still.
+# pick (937–944 in two trials; the next config 952), the attention's output with the residual is
+# a tie within 1% (388–391), and only 2240 → 2240 without a residual moves, 128 × 256 flattened
+# 318 against the pick's 328: 2 × 10 µs of a ~123 ms INT8 step, so the autotuner ranks from idle.
 TMA_TILES = [
     (256, 128, 128, 4, 8, True, False, 2),
     (256, 128, 128, 4, 8, True, False, 4),

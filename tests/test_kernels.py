@@ -184,6 +184,25 @@ def test_cross_attention_reads_a_rows_tokens_wherever_the_mask_puts_them(case):
     assert lengths.tolist() == ([4, 4] if case == "holes" else [7, 4])
 
 
+@pytest.mark.parametrize("bad", ["rows", "keys", "values"])
+def test_cross_attention_names_the_shapes_that_do_not_fit(bad):
+    """On every path (here the CPU's reference), not only where the kernel launches: a clear
+    ValueError naming the shapes, instead of a reshape failing somewhere inside."""
+    from engine.kernels.cross_attention import attend_prefix
+
+    q, k, v = torch.randn(2 * 5, 2, 8), torch.randn(2 * 3, 2, 8), torch.randn(2 * 3, 2, 8)
+    fitting = (q, k, v)
+    if bad == "rows":
+        q = q[:9]
+    elif bad == "keys":
+        k = torch.randn(2 * 3, 2, 4)
+    else:
+        v = v[:4]
+    with pytest.raises(ValueError, match=r"q \(\d+, 2, 8\).*do not split into 2 rows"):
+        attend_prefix(q, k, v, torch.tensor([3, 2]))
+    assert attend_prefix(*fitting, torch.tensor([3, 2])).shape == (10, 2, 8)
+
+
 def test_accelerate_dit_leaves_a_cpu_model_alone_and_says_why():
     from engine.accelerate import accelerate_dit
 

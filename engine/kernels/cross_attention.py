@@ -89,12 +89,12 @@ def attend_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: to
     """Row b's queries q [B·L, heads, d] to its first lengths[b] keys and values of k, v
     [B·Lk, heads, d] → [B·L, heads, d]; the Triton kernel for 16-bit CUDA tensors (and under the
     interpreter), else `attend_prefix_reference` (on CUDA its products would be TF32 in fp32)."""
-    if not use_triton(q) or (q.is_cuda and q.dtype == torch.float32):
-        return attend_prefix_reference(q, k, v, lengths)
     rows = lengths.shape[0]
     total, heads, dim = q.shape
     if total % rows or k.shape[0] % rows or k.shape[1:] != q.shape[1:] or v.shape != k.shape:
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not split into {rows} rows")
+    if not use_triton(q) or (q.is_cuda and q.dtype == torch.float32):
+        return attend_prefix_reference(q, k, v, lengths)
     q, k, v = (t.contiguous() for t in (q, k, v))
     out = torch.empty_like(q)
     block_d = max(16, triton.next_power_of_2(dim))

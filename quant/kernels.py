@@ -318,6 +318,18 @@ def _int8_gemm_kernel(
 # 4096² shapes on an H100: 1005–1020 TOPS, where the pointer kernel above gives 889–908
 # (benchmarks/results/h100-int8-gemm.json). Storing through the TMA instead of from registers
 # made one 1.6B block's GEMMs 5% faster at 4096² in a side-by-side lab (4.44 → 4.21 ms).
+# Measured and left out (1.6B 4096² shapes, H100, CUDA-graph replays, µs a call idle / after 0.8 s
+# back-to-back, 2026-12-07), so that nobody builds them again:
+# - the epilogue is already hidden: the main loop alone (256 × 128 × 128, 3 stages, flattened,
+#   its epilogue never run) took 957 / 985 at the q, k, v projection, the whole autotuned kernel
+#   836 / 940;
+# - two programs an SM (128 × 128 tiles in 4 warps, 2–4 stages, one's epilogue beside the other's
+#   MMAs): 344–407 / 345–415 at 2240 → 2240 against 304 / 328, and the INT8 CFG step unchanged
+#   (121.6–122.2 ms against 121.5–123.0);
+# - N = 2240 (17.5 tiles of 128) walking its half-full last column in half-width tiles after the
+#   full ones, so that no program walks 18 tiles where 17.1 would do: 309 / 323 against 305 / 326.
+# For scale: cuBLAS's FP8 GEMM (`torch._scaled_mm`, row-wise scales) gives 1038 / 983 TOPS at the
+# q, k, v projection, this kernel 1179 / 1049, cuBLAS FP16 765 / 680 TFLOPS.
 
 
 def _set_descriptor_blocks(nargs: dict) -> None:

@@ -430,6 +430,7 @@ def _interpreter_measurements() -> dict:
         for case, (channels2, h, w, bias, channels_last, input_bias) in {
             "nchw_bias": (40, 5, 7, True, False, False), "channels_last": (24, 9, 4, False, True, False),
             "odd_channels": (34, 4, 6, True, True, False), "input_bias": (36, 6, 5, True, True, True),
+            "strips": (20, 9, 19, True, True, False),  # rows of several strips, the last one partial
         }.items():
             hidden = torch.randn(2, channels2, h, w) * 2
             if channels_last:
@@ -500,7 +501,7 @@ def test_bias_columns_are_laid_out_where_the_folded_projection_reads_them(interp
 
 def test_conv_glu_kernel_writes_channels_last(interpreted):
     flags = [r["channels_last_out"] for r in interpreted.values() if "channels_last_out" in r]
-    assert len(flags) == 8 and all(flags)
+    assert len(flags) == 10 and all(flags)
 
 
 def test_conv_glu_pads_after_adding_the_expansions_bias(interpreted):

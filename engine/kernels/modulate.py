@@ -141,11 +141,20 @@ def _ada_vector(table_ptr, mod_ptr, sample, row, cols, col_mask, stride_tr, stri
 
 
 @triton.jit
-def _load_sum(x_ptr, branch_ptr, bias_ptr, base, cols, col_mask, HAS_BRANCH: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """A chunk of a row of x, fp32; where HAS_BRANCH, x + branch (+ bias) stored back first."""
-    x = tl.load(x_ptr + base + cols, mask=col_mask, other=0.0)
+def _load_chunk(x_ptr, branch_ptr, base, cols, mask, HAS_BRANCH: tl.constexpr):
+    """A chunk of a row of x and, where HAS_BRANCH, of the branch, as stored."""
+    x = tl.load(x_ptr + base + cols, mask=mask, other=0.0)
+    branch = x  # unused where there is no branch
     if HAS_BRANCH:
-        branch = tl.load(branch_ptr + base + cols, mask=col_mask, other=0.0).to(tl.float32)
+        branch = tl.load(branch_ptr + base + cols, mask=mask, other=0.0)
+    return x, branch
+
+
+@triton.jit
+def _summed(x, branch, x_ptr, bias_ptr, base, cols, col_mask, HAS_BRANCH: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A loaded chunk of x, fp32; where HAS_BRANCH, x + branch (+ bias) stored back first."""
+    if HAS_BRANCH:
+        branch = branch.to(tl.float32)
         if HAS_BIAS:
             branch += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         x = (x.to(tl.float32) + branch).to(x_ptr.dtype.element_ty)
@@ -178,11 +187,21 @@ def _modulate_int8_kernel(
     shift_b = _ada_vector(table_ptr, mod_ptr, sample, shift_row, cols_b, mask_b, stride_tr, stride_mb, stride_mr)
     scale_a = 1 + _ada_vector(table_ptr, mod_ptr, sample, scale_row, cols_a, mask_a, stride_tr, stride_mb, stride_mr)
     scale_b = 1 + _ada_vector(table_ptr, mod_ptr, sample, scale_row, cols_b, mask_b, stride_tr, stride_mb, stride_mr)
+    # Each row's loads go out a row ahead, before the arithmetic of the row above, so that their
+    # latency hides behind it (the last row's "next" loads are masked off).
+    base = first.to(tl.int64) * D
+    raw_a, raw_branch_a = _load_chunk(x_ptr, branch_ptr, base, cols_a, mask_a, HAS_BRANCH)
+    raw_b, raw_branch_b = _load_chunk(x_ptr, branch_ptr, base, cols_b, mask_b, HAS_BRANCH)
     for i in range(ROWS):
         row = first + i
         base = row.to(tl.int64) * D
-        xa = _load_sum(x_ptr, branch_ptr, bias_ptr, base, cols_a, mask_a, HAS_BRANCH, HAS_BIAS)
-        xb = _load_sum(x_ptr, branch_ptr, bias_ptr, base, cols_b, mask_b, HAS_BRANCH, HAS_BIAS)
+        ahead_a = mask_a & (cols_a * 0 + i + 1 < ROWS)  # as vectors: the interpreter rejects scalar & vector
+        ahead_b = mask_b & (cols_b * 0 + i + 1 < ROWS)
+        next_a, next_branch_a = _load_chunk(x_ptr, branch_ptr, base + D, cols_a, ahead_a, HAS_BRANCH)
+        next_b, next_branch_b = _load_chunk(x_ptr, branch_ptr, base + D, cols_b, ahead_b, HAS_BRANCH)
+        xa = _summed(raw_a, raw_branch_a, x_ptr, bias_ptr, base, cols_a, mask_a, HAS_BRANCH, HAS_BIAS)
+        xb = _summed(raw_b, raw_branch_b, x_ptr, bias_ptr, base, cols_b, mask_b, HAS_BRANCH, HAS_BIAS)
+        raw_a, raw_branch_a, raw_b, raw_branch_b = next_a, next_branch_a, next_b, next_branch_b
         mean = (tl.sum(xa, axis=0) + tl.sum(xb, axis=0)) / D
         ca = tl.where(mask_a, xa - mean, 0.0)
         cb = tl.where(mask_b, xb - mean, 0.0)

@@ -410,11 +410,14 @@ def _interpreter_measurements() -> dict:
                    {"bias_column": got.shape == (37, w.shape[1] + md.BIAS_COLUMNS) and torch.equal(got[:, w.shape[1] + 1:],
                                                                                              torch.zeros_like(got[:, w.shape[1] + 1:]))})
 
-        # cross-attention to each row's first `lengths` keys: a short and a full row, a head dim
-        # that is not a power of two, a row of one key; the padding holds NaN, which must not be read
+        # cross-attention to each row's first `lengths` keys: a short and a full row, head dims
+        # that are not a power of two (72 in two column chunks, 64 + 16, the last part masked;
+        # 88 in three, 64 + 16 + 16; 112 in one padded to 128), a row of one key; the padding
+        # holds NaN, which must not be read
         for case, (heads, head_dim, tokens, keys, lengths) in {
             "short_row": (2, 24, 37, 20, [5, 20]), "head_dim_72": (2, 72, 33, 40, [40, 17]),
-            "one_key": (1, 32, 20, 16, [1, 16]),
+            "head_dim_88": (2, 88, 19, 24, [24, 9]),
+            "head_dim_112": (2, 112, 21, 24, [24, 9]), "one_key": (1, 32, 20, 16, [1, 16]),
         }.items():
             q = torch.randn(2 * tokens, heads, head_dim).to(dtype)
             k, v = (torch.randn(2 * keys, heads, head_dim).to(dtype) for _ in range(2))

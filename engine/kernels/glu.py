@@ -231,7 +231,10 @@ def _conv_glu_kernel(
 # (TILE_Y, BLOCK_C, num_warps), H100, CUDA-graph timing, loads a row ahead: the tallest strip that
 # still gives every SM two programs. 1.6B at 4096² 0.500 ms (16 rows: 0.511; best of 8 settings
 # 0.498), 1.6B at 1024² 0.038 (16 rows: 0.046, 352 programs against 704), 0.6B at 1024² 16 rows,
-# 0.021 (32 rows leave 192 programs for 132 SMs: 0.026).
+# 0.021 (32 rows leave 192 programs for 132 SMs: 0.026). Strips 8 pixels wide with 128 channels a
+# program (the input read 1.25 times, not 1.5; 168 registers against 230 by ptxas) measured slower
+# at every shape and tile (2026-12-08, side by side): W8A8 1.6B 4096² 0.494 → 0.670 ms, 1.6B 1024²
+# 0.037 → 0.047, 0.6B 1024² 0.021 → 0.026; FP16 0.556 → 0.646 ms at 1.6B 4096².
 TILES = ((32, 256, 4), (16, 256, 4))
 
 

@@ -47,6 +47,7 @@ from .dit import (
     OutputNorm,
     SanaBlock,
     TextPadding,
+    to_text_rows,
 )
 
 try:  # Triton ships for Linux x86-64 only; elsewhere accelerate_dit says so and changes nothing
@@ -345,6 +346,7 @@ class FastSanaBlock(nn.Module):
         y = modulate.modulate(x, *ada, modulate.SHIFT_MSA, modulate.SCALE_MSA, self.norm_eps,
                               quantize=self.attn1.takes_int8)
         x = self.attn1(y, Residual(x, *ada, modulate.GATE_MSA, clamp=True))
+        x = to_text_rows(x, padding)
         branch, bias = self.attn2.branch_and_bias(x, keys_values, padding)
         x, y = modulate.add_modulate(x, branch, *ada, modulate.SHIFT_MLP, modulate.SCALE_MLP, self.norm_eps,
                                      quantize=self.ff.takes_int8, bias=bias)

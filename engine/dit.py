@@ -315,10 +315,20 @@ class SanaBlock(nn.Module):
         ).chunk(6, dim=1)
         y = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps) * (1 + scale_msa) + shift_msa
         x = x + gate_msa * self.attn1(y)
+        x = to_text_rows(x, padding)
         x = x + self.attn2(x, keys_values, padding)
         y = F.layer_norm(x, x.shape[-1:], eps=self.norm_eps) * (1 + scale_mlp) + shift_mlp
         y = self.ff(y.unflatten(1, (h, w)).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
         return x + gate_mlp * y
+
+
+def to_text_rows(x: Tensor, padding: TextPadding) -> Tensor:
+    """x [n, T, D] as one row per text row: repeated whole where the text has k·n rows. Under
+    classifier-free guidance both prompts see the same latents, so the first block's
+    self-attention (which reads no text) runs once on n rows and the image is doubled only before
+    the first cross-attention; from then on x has the text's rows and this is a no-op."""
+    rows = padding.lengths.shape[0]
+    return x if x.shape[0] == rows else x.repeat(rows // x.shape[0], 1, 1)
 
 
 class OutputNorm(nn.Module):
@@ -417,13 +427,24 @@ class LinearDiT(nn.Module):
         return TextContext(keys_values, TextPadding.of(keep, dtype))
 
     def denoise(self, latents: Tensor, timestep: Tensor, context: TextContext) -> Tensor:
-        """`forward` with the prompt's part already computed (`encode_text`)."""
+        """`forward` with the prompt's part already computed (`encode_text`). The text may have
+        k times the latents' rows: row i of the latents then stands for text rows i, n + i, …
+        (classifier-free guidance hands its latents once, not twice), and the velocity has the
+        text's rows; see `to_text_rows`."""
         batch, _, h, w = latents.shape
+        rows = context.padding.lengths.shape[0]
+        if rows % batch:
+            raise ValueError(f"{batch} latents for {rows} text rows: the text's rows must be a multiple of the latents'")
         dtype = self.scale_shift_table.dtype
         x = self.patch_embed(latents.to(dtype))
         # One timestep for the batch (the sampler's case) gives one row of modulation for all:
-        # computed once, and the fused blocks can fold a single gate into a weight (accelerate.py)
-        timestep = timestep.reshape(1) if timestep.numel() == 1 else timestep.expand(batch)
+        # computed once, and the fused blocks can fold a single gate into a weight (accelerate.py).
+        # A timestep per row modulates each row its own way, so then nothing is shared.
+        if timestep.numel() == 1:
+            timestep = timestep.reshape(1)
+        else:
+            timestep = timestep.expand(rows)
+            x = to_text_rows(x, context.padding)
         modulation, t_embedding = self.time_embed(timestep, dtype)
         for block, keys_values in zip(self.transformer_blocks, context.keys_values, strict=True):
             x = block(x, modulation, keys_values, context.padding, h, w)

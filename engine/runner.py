@@ -1,7 +1,8 @@
 """The sampling loop's model call, replayed from CUDA graphs.
 
-One denoising step asks the DiT for a velocity: on [latents, latents] with classifier-free
-guidance (unconditional text first), then uncond + scale·(cond − uncond). The 0.6B DiT at 1024²
+One denoising step asks the DiT for a velocity: under classifier-free guidance for the latents
+with both texts (unconditional first; the DiT doubles the latents only after its first
+self-attention, which reads no text), then uncond + scale·(cond − uncond). The 0.6B DiT at 1024²
 launches ~600 kernels per step, each only microseconds of work, so from Python the step is bound
 by launching (~40 ms on an H100, accelerated or not). On CUDA the runner therefore captures that
 whole call once per (shapes, dtype, guidance on/off) as a CUDA graph, and each step only fills
@@ -115,16 +116,17 @@ class DenoiseRunner:
         self, latents: Tensor, timestep: float | Tensor, context: TextContext,
         guidance_scale: float | Tensor | None,
     ) -> Tensor:
-        """The plain loop's model call, op for op (the Generator's own lines), with the prompt
-        already encoded."""
+        """The model call with the prompt already encoded: the plain loop's velocity (the latents
+        twice, through `LinearDiT.forward`) up to the rows of the first self-attention, which
+        run once here instead of twice."""
         guided = guidance_scale is not None
         dtype = next(self.dit.parameters()).dtype
-        model_input = torch.cat([latents, latents]) if guided else latents
         if isinstance(timestep, Tensor):
             t = timestep
         else:
             t = torch.full((1,), timestep, device=latents.device)  # one for the whole batch
-        velocity = self.dit.denoise(model_input.to(dtype), t, context).float()
+        # the latents once for both prompts: the DiT doubles them after its first self-attention
+        velocity = self.dit.denoise(latents.to(dtype), t, context).float()
         if guided:
             unconditional, conditional = velocity.chunk(2)
             velocity = unconditional + guidance_scale * (conditional - unconditional)

@@ -83,6 +83,55 @@ def test_fused_block_updates_the_residual_stream_in_place_with_the_reference_val
     assert torch.equal(got, want) and not torch.equal(got, x)
 
 
+@pytest.mark.parametrize("variant", ["plain", "twins", "twins_int8"])
+def test_guided_latents_pass_the_first_self_attention_once_and_give_the_doubled_call(variant):
+    """Classifier-free guidance hands the latents once for both texts: the first block's
+    self-attention (it reads no text) runs on those rows alone, the later blocks on both halves,
+    and the velocity is that of the latents doubled up front, bit for bit on the CPU."""
+    from engine.accelerate import swap_in_twins
+    from quant import QuantizedTokens, quantize_model, set_int8
+
+    dit = tiny_dit()
+    if variant != "plain":
+        swap_in_twins(dit)
+    if variant == "twins_int8":
+        quantize_model(dit)
+        set_int8(dit, True)
+    latents, _, text, mask = dit_inputs()
+    text, mask = torch.cat([text, text.flip(0)]), torch.cat([mask, mask.flip(0)])  # 4 rows for 2 latents
+
+    def tokens(y) -> int:  # what the self-attention was handed, in tokens
+        y = y.values if isinstance(y, QuantizedTokens) else y
+        return y.numel() // y.shape[-1]
+
+    seen = []
+    for block in dit.transformer_blocks:
+        block.attn1.register_forward_pre_hook(lambda module, args: seen.append(tokens(args[0])))
+    with torch.inference_mode():
+        context = dit.encode_text(text, mask)
+        shared = dit.denoise(latents, torch.tensor([640.0]), context)
+        seen_shared, seen[:] = list(seen), []
+        doubled = dit.denoise(torch.cat([latents, latents]), torch.tensor([640.0]), context)
+    assert shared.shape == doubled.shape == (4, 8, 5, 6)
+    assert torch.equal(shared, doubled)
+    image = 5 * 6
+    assert seen_shared == [2 * image, 4 * image] and seen == [4 * image, 4 * image]
+    # a timestep per text row modulates each row its own way: the latents are doubled up front
+    per_row = torch.tensor([999.0, 321.0, 500.0, 20.0])
+    with torch.inference_mode():
+        assert torch.equal(dit.denoise(latents, per_row, context),
+                           dit.denoise(torch.cat([latents, latents]), per_row, context))
+
+
+def test_latents_that_do_not_divide_the_text_rows_are_refused_by_name():
+    dit = tiny_dit()
+    latents, _, text, mask = dit_inputs()
+    with torch.inference_mode():
+        context = dit.encode_text(torch.cat([text, text[:1]]), torch.cat([mask, mask[:1]]))
+        with pytest.raises(ValueError, match="2 latents for 3 text rows"):
+            dit.denoise(latents, torch.tensor([640.0]), context)
+
+
 def test_twins_hold_the_same_parameters_under_the_same_names():
     from engine.accelerate import swap_in_twins
 

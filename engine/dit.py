@@ -435,6 +435,8 @@ class LinearDiT(nn.Module):
         rows = context.padding.lengths.shape[0]
         if rows % batch:
             raise ValueError(f"{batch} latents for {rows} text rows: the text's rows must be a multiple of the latents'")
+        if timestep.numel() not in (1, rows):
+            raise ValueError(f"{timestep.numel()} timesteps for {rows} text rows: give one, or one per text row")
         dtype = self.scale_shift_table.dtype
         x = self.patch_embed(latents.to(dtype))
         # One timestep for the batch (the sampler's case) gives one row of modulation for all:

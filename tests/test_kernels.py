@@ -123,13 +123,16 @@ def test_guided_latents_pass_the_first_self_attention_once_and_give_the_doubled_
                            dit.denoise(torch.cat([latents, latents]), per_row, context))
 
 
-def test_latents_that_do_not_divide_the_text_rows_are_refused_by_name():
+def test_latents_or_timesteps_that_do_not_fit_the_text_rows_are_refused_by_name():
     dit = tiny_dit()
     latents, _, text, mask = dit_inputs()
     with torch.inference_mode():
         context = dit.encode_text(torch.cat([text, text[:1]]), torch.cat([mask, mask[:1]]))
         with pytest.raises(ValueError, match="2 latents for 3 text rows"):
             dit.denoise(latents, torch.tensor([640.0]), context)
+        guided = dit.encode_text(torch.cat([text, text]), torch.cat([mask, mask]))
+        with pytest.raises(ValueError, match="2 timesteps for 4 text rows: give one, or one per text row"):
+            dit.denoise(latents, torch.tensor([640.0, 20.0]), guided)
 
 
 def test_twins_hold_the_same_parameters_under_the_same_names():

@@ -50,7 +50,7 @@ from .dit import (
     to_text_rows,
 )
 
-try:  # Triton ships for Linux x86-64 only; elsewhere accelerate_dit says so and changes nothing
+try:  # no Triton (it ships for Linux x86-64 only) or one too old: accelerate_dit says so, changes nothing
     from .kernels import cross_attention, glu, linear_attention, modulate
 except ImportError as error:
     _KERNELS_MISSING: ImportError | None = error
@@ -397,14 +397,19 @@ class AccelerationReport:
 def accelerate_dit(dit: nn.Module) -> AccelerationReport:
     """On a CUDA GPU (compute capability 8.0+, with Triton), swap the fused twins into `dit` in
     place; calling it again is a no-op. Anywhere else, change nothing and say why."""
-    device = next(dit.parameters()).device
+    reason = fused_kernels_unavailable(next(dit.parameters()).device)
+    return swap_in_twins(dit) if reason is None else AccelerationReport((), 0, reason)
+
+
+def fused_kernels_unavailable(device: torch.device) -> str | None:
+    """Why the fused kernels cannot run on `device`, or None where they can."""
     if device.type != "cuda":
-        return AccelerationReport((), 0, f"it runs on {device.type}; the fused kernels are CUDA-only")
+        return f"it runs on {device.type}; the fused kernels are CUDA-only"
     if _KERNELS_MISSING is not None:
-        return AccelerationReport((), 0, f"Triton is not available ({_KERNELS_MISSING})")
+        return f"Triton cannot be used: {_KERNELS_MISSING}"
     if torch.cuda.get_device_capability(device) < (8, 0):
-        return AccelerationReport((), 0, "the GPU predates Ampere (compute capability 8.0)")
-    return swap_in_twins(dit)
+        return "the GPU predates Ampere (compute capability 8.0)"
+    return None
 
 
 def swap_in_twins(dit: nn.Module) -> AccelerationReport:

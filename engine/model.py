@@ -17,7 +17,7 @@ from torch import nn
 
 from quant import dequantize_model, quantize_model, set_int8
 
-from .accelerate import accelerate_dit
+from .accelerate import accelerate_dit, fused_kernels_unavailable
 from .checkpoint import (
     TensorInfo,
     check_tensors,
@@ -137,6 +137,8 @@ def load_model(
     notes = (f"the text encoder runs in 16 bits: {reason}",) if reason else ()
     text_encoder = _load_text_encoder(root, torch_device, companion_dtype(precision, torch_device),
                                       text_encoder_8bit and not reason)
+    if torch_device.type == "cuda" and (why := fused_kernels_unavailable(torch_device)):
+        notes += (f"the fused GPU kernels are off ({why}); the pictures come out the same, only slower",)
     for note in notes:
         report(note)
     model = SanaModel(

@@ -6,7 +6,8 @@ accumulate, dequantized in the GEMM's epilogue; the layers a policy names are sw
     set_int8(dit, True, park_float=True)  # INT8 again, the float weights waiting in host memory
 
 `int8.py` defines the arithmetic in plain torch (the reference and test oracle), `kernels.py`
-computes it in Triton on CUDA, `ops.py` picks one, `linear.py` holds the layers, `policy.py` says
+computes it in Triton on CUDA (where `triton_support.py` finds a Triton that can build it, for
+`engine`'s kernels too), `ops.py` picks one, `linear.py` holds the layers, `policy.py` says
 which layers, `swap.py` applies it. Nothing here imports `engine`.
 """
 

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import functools
 
-import torch
-import triton
-import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
+from .triton_support import require_triton
 
-from . import int8 as ref
+require_triton()  # before Triton's own imports below: a too old release fails here, saying why
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
+
+from . import int8 as ref  # noqa: E402
 
 _QMAX = tl.constexpr(float(ref.QMAX))
 _MIN_ABSMAX = tl.constexpr(ref.MIN_ABSMAX)

@@ -21,7 +21,7 @@ def _triton_kernels(device_index: int):
         return None  # Triton's int8 tensor-core dot starts at Ampere
     try:
         from . import kernels
-    except ImportError:  # Triton ships for Linux x86-64 only; elsewhere the reference serves CUDA too
+    except ImportError:  # no Triton (Linux x86-64 only) or one too old: the reference serves CUDA too
         return None
     return kernels
 

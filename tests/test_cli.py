@@ -162,3 +162,24 @@ def test_an_8bit_text_encoder_on_the_cpu_falls_back_to_16_bits_and_says_so(tiny_
     err = capsys.readouterr().err
     assert "the text encoder runs in 16 bits: 8-bit weights need a CUDA GPU" in err
     assert np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(eight_bit)))
+
+
+def test_a_too_old_triton_leaves_the_kernels_off_and_generate_running(tiny_model_dir, tmp_path):
+    """torch 2.4–2.7 bring Triton 3.0–3.3, too old for the kernels. Importing them used to raise an
+    AttributeError that stopped the app from starting, on the CPU too; now the engine imports,
+    names the reason, and draws on the plain-torch path. The child process makes Triton report
+    3.3.1 before anything of ours is imported."""
+    output = tmp_path / "old_triton.png"
+    child = (
+        "import sys, triton; triton.__version__ = '3.3.1'\n"
+        "from engine import accelerate\n"
+        "import torch; print('reason:', accelerate.fused_kernels_unavailable(torch.device('cuda')))\n"
+        "from app.cli import main\n"
+        f"sys.exit(main(['generate', '--model', {str(tiny_model_dir)!r}, '--prompt', 'a dog', '--width', '64',"
+        f" '--height', '64', '--steps', '2', '--seed', '1', '--device', 'cpu', '--output', {str(output)!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert "reason: Triton cannot be used: Triton 3.3.1 is older than 3.4, which the fused kernels need" in result.stdout
+    assert output.is_file() and "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ imported Triton. The child is this very file run as a script; it prints its meas
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -454,3 +455,20 @@ def test_policy_keep_overrides_int8_and_mistakes_fail_loudly():
 
 if __name__ == "__main__":
     print(json.dumps(_interpreter_measurements()))
+
+
+@pytest.mark.parametrize("version, usable", [("3.3.1", False), ("3.0.0", False), ("3.4.0", True),
+                                             ("3.6.0+git1b2c3d4", True), ("3.10.0", True), ("4.0.0", True)])
+def test_a_triton_older_than_3_4_is_refused_with_an_error_naming_both_releases(monkeypatch, version, usable):
+    """3.3.1 lacks the tensor descriptors, `triton.knobs` and `tl.range(warp_specialize=...)` that
+    the kernels use; the check compares releases as numbers, so 3.10 counts as newer than 3.4."""
+    import triton
+
+    from quant.triton_support import require_triton
+
+    monkeypatch.setattr(triton, "__version__", version)
+    if usable:
+        require_triton()
+    else:
+        with pytest.raises(ImportError, match=rf"Triton {re.escape(version)} is older than 3\.4"):
+            require_triton()

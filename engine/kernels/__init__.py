@@ -7,3 +7,7 @@ tensors otherwise, they run the reference. `engine/accelerate.py` puts them into
 
 Every module here imports Triton, which ships for Linux x86-64 only: import them where CUDA is.
 """
+
+from quant.triton_support import require_triton
+
+require_triton()  # before any kernel module: a missing or too old Triton is an ImportError that says why

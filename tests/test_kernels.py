@@ -48,6 +48,22 @@ def dit_inputs(batch: int = 2, h: int = 5, w: int = 6, seed: int = 1):
 # ---- the twins' wiring, in-process (CPU tensors run the references) ----
 
 
+
+def test_every_kernel_launch_names_its_fma_contraction():
+    """Triton 3.10 turns FMA contraction off by default, where 3.9 and older had it on: a launch
+    that leaves it to the default would change speed and rounding with the Triton release. So
+    each launch in engine/kernels and quant/kernels (a `kernel[grid](...)` call) says which it wants."""
+    import ast
+
+    launches = []
+    for path in sorted((REPO / "engine" / "kernels").glob("*.py")) + [REPO / "quant" / "kernels.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript):
+                named = any(k.arg == "enable_fp_fusion" for k in node.keywords)
+                launches.append((f"{path.name}:{node.lineno}", named))
+    assert len(launches) >= 10, launches  # the kernels were found at all
+    assert [where for where, named in launches if not named] == []
+
 @pytest.mark.parametrize("overrides", [{}, {"interpolation_scale": 1.0}, {"qk_norm": "rms_norm_across_heads"}],
                          ids=["nope", "position_embedding", "qk_norm"])
 def test_twins_on_cpu_compute_the_plain_dit_bit_for_bit(overrides):

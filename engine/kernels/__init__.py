@@ -6,6 +6,10 @@ The references are the documentation and the test oracle: each computes its op e
 tensors otherwise, they run the reference. `engine/accelerate.py` puts them into the model.
 
 Every module here imports Triton, which ships for Linux x86-64 only: import them where CUDA is.
+
+Each launch names its FMA contraction (`enable_fp_fusion`): on, as every tile and timing here was
+measured, where Triton 3.10 turns the default off (3.9 warns about it at each compile); off where a
+kernel's integers must match the W8A8 quantizer's arithmetic op for op.
 """
 
 from quant.triton_support import require_triton

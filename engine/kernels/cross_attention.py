@@ -165,6 +165,6 @@ def attend_prefix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: to
     _attend_prefix_kernel[grid](
         q, k, v, out, lengths, total // rows, k.shape[0] // rows, dim ** -0.5 * _LOG2E,
         HEADS=heads, D=dim, DA=chunk_a, DB=chunk_b, DC=chunk_c, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=warps, num_stages=stages,
+        num_warps=warps, num_stages=stages, enable_fp_fusion=True,
     )
     return out

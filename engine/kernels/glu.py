@@ -274,6 +274,6 @@ def conv_glu(
         channels, height, width, weight.stride(0), weight.stride(2), weight.stride(3),
         *hidden.stride(), out.stride(0), out.stride(1), out.stride(2), out.stride(3),
         HAS_BIAS=bias is not None, HAS_INPUT_BIAS=input_bias is not None, TILE_Y=tile_y, BLOCK_C=block_c,
-        SILU=EXACT if INTERPRET else silu, num_warps=warps,
+        SILU=EXACT if INTERPRET else silu, num_warps=warps, enable_fp_fusion=True,
     )
     return out

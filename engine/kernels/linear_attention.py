@@ -194,12 +194,12 @@ def linear_attention(
         k, v, kv, ks, tokens, heads, chunk, splits,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=kv_block_n, FP32_INPUT=q.dtype == torch.float32,
-        num_warps=4, num_stages=4,
+        num_warps=4, num_stages=4, enable_fp_fusion=True,
     )
     _attend_kernel[grid](
         q, kv, ks, out, tokens, heads, chunk, splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=out_block_n, DOT_PRECISION=dot_precision,
-        BIAS_COLUMN=bias_column, PAD=BIAS_COLUMNS, num_warps=4, num_stages=4,
+        BIAS_COLUMN=bias_column, PAD=BIAS_COLUMNS, num_warps=4, num_stages=4, enable_fp_fusion=True,
     )
     return out

@@ -289,6 +289,7 @@ def gated_weight(
     _gated_weight_kernel[(triton.cdiv(n, 16), triton.cdiv(k_out, 256))](
         weight, weight if bias is None else bias, out, table, modulation, n, k, k_out, gate_row,
         table.stride(0), modulation.stride(1), HAS_BIAS=bias is not None, BLOCK_N=16, BLOCK_K=256, num_warps=4,
+        enable_fp_fusion=True,
     )
     return out
 
@@ -395,7 +396,7 @@ def _launch_modulate(x, branch, bias, table, modulation, shift_row, scale_row, e
         # Four warps: 0.120 ms a call against eight warps' 0.148 at the 1.6B width, 2 × 16384 tokens;
         # 0.071 against 0.075 at the 0.6B width (H100, CUDA-graph timing). More rows a program
         # measured slower at the 1.6B width.
-        num_warps=4,
+        num_warps=4, enable_fp_fusion=True,
     )
     return y
 
@@ -423,5 +424,6 @@ def gated_residual(
         x, branch, x if bias is None else bias, out, table, modulation, rows, tokens, dim, gate_row,
         *_ada_strides(x, table, modulation),
         CLAMP=clamp, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
+        enable_fp_fusion=True,
     )
     return out

@@ -139,6 +139,8 @@ def check_writable(paths: list[Path]) -> None:
 def print_progress(event: events.Event) -> None:
     if isinstance(event, events.Started):
         print(f"seed {event.request.seed}, {event.total_steps} steps", file=sys.stderr)
+    elif isinstance(event, events.Preparing):
+        print("preparing the GPU for this size (the first run at a size takes longer)", file=sys.stderr)
     elif isinstance(event, events.Step):
         rate = event.index / event.elapsed if event.elapsed > 0 else 0.0
         end = "\n" if event.index == event.total or not sys.stderr.isatty() else "\r"

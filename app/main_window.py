@@ -101,6 +101,8 @@ class MainWindow(QMainWindow):
         self.state.job_started.connect(self._on_job_started)
         self.state.progress_changed.connect(self._on_progress)
         self.state.preview_changed.connect(lambda image: self.canvas.show_image(image, preview=True))
+        self.state.preparing.connect(
+            lambda: self.progress.setFormat("Preparing the GPU for this size (the first run at a size takes longer)…"))
         self.state.decoding.connect(lambda: self.progress.setFormat("Decoding…"))
         self.state.job_finished.connect(self._on_job_finished)
         self.state.job_cancelled.connect(self._on_job_cancelled)

@@ -39,6 +39,7 @@ class Session(QObject):
         self._worker.model_failed.connect(self._on_model_failed)
         self._worker.started.connect(self._on_started)
         self._worker.step.connect(self._on_step)
+        self._worker.preparing.connect(lambda job: self.state.preparing.emit())
         self._worker.decoding.connect(lambda job: self.state.decoding.emit())
         self._worker.finished.connect(self._on_finished)
         self._worker.cancelled.connect(self._on_cancelled)

@@ -88,6 +88,7 @@ class AppState(QObject):
     job_started = Signal(object)  # Job
     progress_changed = Signal(object)  # Progress
     preview_changed = Signal(QImage)
+    preparing = Signal()  # the first step readies the GPU for this size
     decoding = Signal()
     job_finished = Signal(object, list)  # Job, [Result]
     job_cancelled = Signal(object, int)  # Job, completed steps

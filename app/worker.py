@@ -64,6 +64,7 @@ class EngineWorker(QObject):
     model_loaded = Signal(object)  # ModelInfo
     model_failed = Signal(object)  # ErrorReport
     started = Signal(object, object)  # Job, request with its seed fixed
+    preparing = Signal(object)  # Job: the first step readies the GPU for this size, and takes longer
     step = Signal(object, int, int, object, float)  # Job, index, total, QImage | None, elapsed
     decoding = Signal(object)  # Job
     finished = Signal(object, list)  # Job, [Result]
@@ -114,6 +115,8 @@ class EngineWorker(QObject):
             if isinstance(event, events.Started):
                 seeded[0] = event.request
                 self.started.emit(job, event.request)
+            elif isinstance(event, events.Preparing):
+                self.preparing.emit(job)
             elif isinstance(event, events.Step):
                 preview = to_qimage(event.preview) if options.previews and event.preview is not None else None
                 self.step.emit(job, event.index, event.total, preview, event.elapsed)

@@ -22,6 +22,15 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Preparing:
+    """The first step readies the GPU for this size first (Triton compiles and tunes its kernels,
+    a CUDA graph is captured), so it takes longer than the steps after it; once per size and
+    setting in a session."""
+
+    elapsed: float  # seconds since Started
+
+
+@dataclass(frozen=True)
 class Step:
     index: int  # 1-based: "step index of total"
     total: int
@@ -50,4 +59,4 @@ class Failed:
     error: BaseException
 
 
-Event = Union[Started, Step, Decoding, Finished, Cancelled, Failed]
+Event = Union[Started, Preparing, Step, Decoding, Finished, Cancelled, Failed]

@@ -83,6 +83,12 @@ class DenoiseRunner:
         self._pool = None
         self._encoded = ()
 
+    def prepares(self, latents: Tensor, text: Tensor, mask: Tensor, guidance_scale: float | None = None) -> bool:
+        """Whether `velocity` with these arguments first captures a graph (and so warms up,
+        which is when Triton compiles and tunes its kernels): a slow call, worth telling."""
+        return (self.uses_graphs and latents.is_cuda
+                and _graph_key(latents, text, mask, guidance_scale is not None) not in self._graphs)
+
     @torch.inference_mode()
     def velocity(
         self, latents: Tensor, timestep: float, text: Tensor, mask: Tensor, guidance_scale: float | None = None
@@ -95,8 +101,7 @@ class DenoiseRunner:
                 self._encoded = (text, mask, self.dit.encode_text(text, mask))
             return self._forward(latents, timestep, self._encoded[2], guidance_scale)
         guided = guidance_scale is not None
-        key = (tuple(latents.shape), latents.dtype, tuple(text.shape), text.dtype, tuple(mask.shape), mask.dtype,
-               latents.device, guided)
+        key = _graph_key(latents, text, mask, guided)
         captured = self._graphs.get(key)
         if captured is None:
             captured = self._capture(key, latents, timestep, text, mask, guidance_scale)
@@ -162,6 +167,12 @@ class DenoiseRunner:
                              _position_table(self.dit, latents), (text, mask))
         self._graphs[key] = captured
         return captured
+
+
+def _graph_key(latents: Tensor, text: Tensor, mask: Tensor, guided: bool) -> tuple:
+    """What a captured graph is specific to: the shapes, dtypes and device it was captured with."""
+    return (tuple(latents.shape), latents.dtype, tuple(text.shape), text.dtype, tuple(mask.shape), mask.dtype,
+            latents.device, guided)
 
 
 def _holds(prompt: tuple, text: Tensor, mask: Tensor) -> bool:

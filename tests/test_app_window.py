@@ -113,6 +113,24 @@ def hooked_engine(hook) -> Engine:
 # Generating -------------------------------------------------------------------------------------
 
 
+def test_a_first_step_that_readies_the_gpu_says_so_in_the_progress_bar(qtbot, open_window):
+    real = default_engine()
+
+    def generator(model):
+        made = real.generator(model)
+        made._runner.prepares = lambda *args: True  # as the first run at a size on a GPU
+        return made
+
+    window = open_window(Engine(real.load_model, generator))
+    shown = []
+    window.state.preparing.connect(lambda: shown.append(window.progress.format()))  # after the window's own slot
+    finished = record(window.state.job_finished)
+    qtbot.mouseClick(window.generate_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(finished), timeout=WAIT_MS)
+    assert shown == ["Preparing the GPU for this size (the first run at a size takes longer)…"]
+    assert window.progress.format().endswith("done: 1 image saved")
+
+
 def test_generate_previews_every_step_and_saves_an_image_whose_metadata_round_trips(qtbot, open_window):
     window = open_window()
     previews = record(window.state.preview_changed)

@@ -28,6 +28,27 @@ def test_events_arrive_in_order_with_a_preview_every_step(generator):
     assert seen[-1].images == images and seen[-1].metadata["request"]["seed"] == seen[0].request.seed
 
 
+def test_a_first_step_that_readies_the_gpu_is_announced_before_it_runs(generator, monkeypatch):
+    """On a GPU the first step at a size captures a CUDA graph, and Triton compiles and tunes its
+    kernels for it: seconds where a step takes milliseconds. The runner knows (`prepares`), and
+    the Generator says so before that step; the CPU runner never prepares (no events above)."""
+    asked = []
+
+    def prepares(latents, text, mask, guidance_scale):
+        asked.append((tuple(latents.shape), guidance_scale))
+        return True
+
+    monkeypatch.setattr(generator._runner, "prepares", prepares)
+    seen = []
+    generator.generate(GenerationRequest("a blue square", width=64, height=96, steps=3, guidance_scale=3.0),
+                       on_event=seen.append)
+    kinds = [type(event).__name__ for event in seen]
+    assert kinds == ["Started", "Preparing"] + ["Step"] * 3 + ["Decoding", "Finished"]
+    channels = generator.model.dit_config.in_channels
+    assert asked == [((1, channels, 96 // 32, 64 // 32), 3.0)]  # once, for the latents and guidance the steps use
+    assert 0 <= seen[1].elapsed <= seen[2].elapsed
+
+
 def test_cancel_stops_between_steps_and_returns_nothing(generator):
     cancel, seen = threading.Event(), []
 

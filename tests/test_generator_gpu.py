@@ -16,12 +16,16 @@ def test_cuda_generation_matches_the_cpu(tiny_model_dir, precision, floor):
     gpu_generator = Generator(load_model(tiny_model_dir, device="cuda"), previews=True)
     steps = []
     cuda = gpu_generator.generate(request.replace(precision=precision), on_event=steps.append)[0]
-    again = gpu_generator.generate(request.replace(precision=precision))[0]  # replayed graphs
+    replayed = []
+    again = gpu_generator.generate(request.replace(precision=precision), on_event=replayed.append)[0]
     value = psnr(cuda, cpu)
     print(f"{precision}: PSNR CUDA vs CPU fp32 {value:.1f} dB")
     assert value >= floor
     assert list(again.getdata()) == list(cuda.getdata())
     assert sum(1 for event in steps if type(event).__name__ == "Step" and event.preview is not None) == 6
+    # the first run captured a graph and said so before its first step; the second replays it
+    assert [type(e).__name__ for e in steps[:3]] == ["Started", "Preparing", "Step"]
+    assert "Preparing" not in [type(e).__name__ for e in replayed]
 
 
 @pytest.mark.gpu

@@ -24,8 +24,8 @@ class Started:
 @dataclass(frozen=True)
 class Preparing:
     """The first step readies the GPU for this size first (Triton compiles and tunes its kernels,
-    a CUDA graph is captured), so it takes longer than the steps after it; once per size and
-    setting in a session."""
+    a CUDA graph is captured), so it takes longer than the steps after it: the first run at a size
+    (and batch, and precision) in a session."""
 
     elapsed: float  # seconds since Started
 

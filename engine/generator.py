@@ -80,7 +80,7 @@ class Generator:
         previewer = self._preview_map() if self.previews else None
         # the runner replays a CUDA graph per shape; a new DiT object or state drops stale graphs
         runner = self._runner.bind(model.dit)
-        if runner.prepares(latents, text, mask, guidance):
+        if runner.prepares(latents):
             emit(events.Preparing(time.perf_counter() - start))
 
         for index, (timestep, sigma) in enumerate(zip(solver.timesteps, solver.sigmas)):

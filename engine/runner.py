@@ -83,11 +83,16 @@ class DenoiseRunner:
         self._pool = None
         self._encoded = ()
 
-    def prepares(self, latents: Tensor, text: Tensor, mask: Tensor, guidance_scale: float | None = None) -> bool:
-        """Whether `velocity` with these arguments first captures a graph (and so warms up,
-        which is when Triton compiles and tunes its kernels): a slow call, worth telling."""
-        return (self.uses_graphs and latents.is_cuda
-                and _graph_key(latents, text, mask, guidance_scale is not None) not in self._graphs)
+    def prepares(self, latents: Tensor) -> bool:
+        """Whether `velocity` readies the GPU for these latents first: a graph captured for a size
+        no graph has, warming up on the way, which is when Triton compiles its kernels and tunes
+        the GEMMs for the new token count. A slow call, worth telling. (A new prompt length at a
+        known size captures a graph too, but tunes nothing.)"""
+        return self.uses_graphs and latents.is_cuda and self._new_size(latents)
+
+    def _new_size(self, latents: Tensor) -> bool:
+        size = _size_key(latents)
+        return all(key[0] != size for key in self._graphs)
 
     @torch.inference_mode()
     def velocity(
@@ -171,8 +176,11 @@ class DenoiseRunner:
 
 def _graph_key(latents: Tensor, text: Tensor, mask: Tensor, guided: bool) -> tuple:
     """What a captured graph is specific to: the shapes, dtypes and device it was captured with."""
-    return (tuple(latents.shape), latents.dtype, tuple(text.shape), text.dtype, tuple(mask.shape), mask.dtype,
-            latents.device, guided)
+    return _size_key(latents), tuple(text.shape), text.dtype, tuple(mask.shape), mask.dtype, guided
+
+
+def _size_key(latents: Tensor) -> tuple:
+    return tuple(latents.shape), latents.dtype, latents.device
 
 
 def _holds(prompt: tuple, text: Tensor, mask: Tensor) -> bool:

@@ -34,18 +34,17 @@ def test_a_first_step_that_readies_the_gpu_is_announced_before_it_runs(generator
     the Generator says so before that step; the CPU runner never prepares (no events above)."""
     asked = []
 
-    def prepares(latents, text, mask, guidance_scale):
-        asked.append((tuple(latents.shape), guidance_scale))
+    def prepares(latents):
+        asked.append(tuple(latents.shape))
         return True
 
     monkeypatch.setattr(generator._runner, "prepares", prepares)
     seen = []
-    generator.generate(GenerationRequest("a blue square", width=64, height=96, steps=3, guidance_scale=3.0),
-                       on_event=seen.append)
+    generator.generate(GenerationRequest("a blue square", width=64, height=96, steps=3), on_event=seen.append)
     kinds = [type(event).__name__ for event in seen]
     assert kinds == ["Started", "Preparing"] + ["Step"] * 3 + ["Decoding", "Finished"]
     channels = generator.model.dit_config.in_channels
-    assert asked == [((1, channels, 96 // 32, 64 // 32), 3.0)]  # once, for the latents and guidance the steps use
+    assert asked == [(1, channels, 96 // 32, 64 // 32)]  # once, for the latents the steps start from
     assert 0 <= seen[1].elapsed <= seen[2].elapsed
 
 

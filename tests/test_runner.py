@@ -144,3 +144,26 @@ def test_the_prompt_is_encoded_once_per_text_and_mask(monkeypatch):
     with torch.inference_mode():
         assert torch.equal(got, plain_velocity(plain, latents, 200.0, other_text, other_mask, 4.5))
     assert len(encoded) == 4
+
+
+def test_only_a_new_latent_size_counts_as_readying_the_gpu():
+    """`prepares` tells the Generator when the next call captures the first graph for a size (the
+    call in which Triton compiles and tunes the GEMMs for the token count). A new prompt length at
+    a known size captures a graph too, but tunes nothing, so it is not announced. Graphs are
+    CUDA-only, so the CPU runner never prepares; the size bookkeeping is checked directly."""
+    from engine.runner import _graph_key
+
+    runner = DenoiseRunner(tiny_dit(), graphs=True)
+    latents = torch.zeros(1, 8, 4, 6)
+    text, mask = text_batch(guided=True)
+    assert runner._new_size(latents)
+    runner._graphs[_graph_key(latents, text, mask, True)] = captured_stand_in()
+    assert not runner._new_size(latents)
+    assert not runner._new_size(latents.clone())  # another tensor of the same size
+    longer = torch.zeros(2, 11, 24), torch.ones(2, 11, dtype=torch.long)
+    runner._graphs[_graph_key(latents, *longer, True)] = captured_stand_in()  # a new prompt length
+    assert not runner._new_size(latents)
+    assert runner._new_size(torch.zeros(1, 8, 6, 4))  # another size
+    assert runner._new_size(torch.zeros(2, 8, 4, 6))  # two images: twice the tokens
+    assert runner._new_size(latents.double())
+    assert not runner.prepares(latents[:, :, :2]), "no graphs on the CPU, so nothing to ready"

@@ -24,7 +24,7 @@ def release(version: str) -> tuple[int, int]:
 
 
 def require_triton() -> None:
-    """Return where the kernels can be built; else raise ImportError naming the reason."""
+    """Nothing where this Triton can build the kernels; else an ImportError naming the reason."""
     import triton  # ImportError where it is not installed
 
     if release(triton.__version__) < MIN_VERSION:

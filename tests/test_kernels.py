@@ -48,7 +48,6 @@ def dit_inputs(batch: int = 2, h: int = 5, w: int = 6, seed: int = 1):
 # ---- the twins' wiring, in-process (CPU tensors run the references) ----
 
 
-
 def test_every_kernel_launch_names_its_fma_contraction():
     """Triton 3.10 turns FMA contraction off by default, where 3.9 and older had it on: a launch
     that leaves it to the default would change speed and rounding with the Triton release. So
@@ -63,6 +62,7 @@ def test_every_kernel_launch_names_its_fma_contraction():
                 launches.append((f"{path.name}:{node.lineno}", named))
     assert len(launches) >= 10, launches  # the kernels were found at all
     assert [where for where, named in launches if not named] == []
+
 
 @pytest.mark.parametrize("overrides", [{}, {"interpolation_scale": 1.0}, {"qk_norm": "rms_norm_across_heads"}],
                          ids=["nope", "position_embedding", "qk_norm"])
